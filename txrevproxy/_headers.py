@@ -1,0 +1,238 @@
+# -*- test-case-name: tests.test_headers -*-
+"""
+Header processing for both phases of a proxied exchange.
+
+Phase 1 turns the client's headers into the backend request's: hop-by-hop
+fields (and those the client's C{Connection} names) go first, then the
+proxy's own C{Host} and forwarding fields are set, then the rule's hide and
+add lists apply.  Removing before adding is what makes C{Connection:
+X-Forwarded-For} unable to delete a field the proxy itself sets.
+
+Phase 2 cleans the backend's response headers the same way.
+
+Everything a rule configures is folded into a L{HeaderPolicy} once, so the
+per-request work is a single pass over the headers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from ._rules import IPAddress
+from ._values import Network, Rewrite
+
+__all__ = [
+    "HOP_BY_HOP",
+    "HeaderPolicy",
+    "Peer",
+    "client_address",
+    "connection_tokens",
+]
+
+Pairs = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"expect",
+        b"http2-settings",
+    }
+)
+
+_FORWARDED = (b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-ssl")
+
+# Never forwarded from a client: the proxy computes these itself, framing is
+# Agent's job, and the X-Sendfile companions are a backend's business only
+# (Rack trusted them from clients: rails#41148).
+_REQUEST_DROP = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"x-forwarded-for",
+    b"x-real-ip",
+    b"x-sendfile-type",
+    b"x-accel-mapping",
+} | set(_FORWARDED)
+
+# Never relayed to a client: framing and the internal-redirect family.
+_REPLY_DROP = HOP_BY_HOP | {b"content-length", b"server", b"date"}
+
+
+def connection_tokens(values: Iterable[bytes]) -> set[bytes]:
+    """
+    The field names a C{Connection} header lists, lower-cased; the header is
+    a comma list (Twisted's own parsing splits on spaces only).
+    """
+    tokens = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+@attrs.frozen
+class Peer:
+    """
+    Who sent a request, as the forwarding headers need it.
+
+    @ivar address: The immediate peer's IP address, or L{None} when the
+        connection is not over IP (a Unix socket).
+    @ivar trusted: Whether that peer is one of C{trusted_proxies}.
+    @ivar client: The client's address as L{client_address} computes it.
+    @ivar tls: Whether the request arrived over TLS.
+    """
+
+    address: IPAddress | None
+    trusted: bool
+    client: IPAddress | None
+    tls: bool
+
+
+def _parse_ip(text: bytes) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.strip().decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def client_address(
+    peer: IPAddress | None, forwarded_for: Sequence[bytes], trusted: Sequence[Network]
+) -> IPAddress | None:
+    """
+    The client's address: walking the X-Forwarded-For chain from the right,
+    the first address that is not a trusted proxy.  Only a trusted peer's
+    chain is believed at all.
+    """
+    if peer is None or not any(peer in net for net in trusted):
+        return peer
+    chain = [a for value in forwarded_for for a in value.split(b",") if a.strip()]
+    for text in reversed(chain):
+        address = _parse_ip(text)
+        if address is None:
+            return peer
+        if not any(address in net for net in trusted):
+            return address
+    return peer
+
+
+def _rewrite(rewrites: Sequence[Rewrite], value: bytes) -> bytes:
+    text = value.decode("latin-1")
+    for rewrite in rewrites:
+        result = rewrite.apply(text)
+        if result is not None:
+            return result.encode("latin-1", "replace")
+    return value
+
+
+@attrs.frozen
+class HeaderPolicy:
+    """
+    A rule's header settings, prepared for the per-request passes.
+    """
+
+    request_hide: frozenset[bytes] = frozenset()
+    request_add: tuple[tuple[bytes, bytes], ...] = ()
+    reply_hide: frozenset[bytes] = frozenset()
+    reply_add: tuple[tuple[bytes, bytes], ...] = ()
+    reply_rewrite: tuple[Rewrite, ...] = ()
+    preserve_server: bool = False
+    _request_drop: frozenset[bytes] = attrs.field(init=False)
+    _reply_drop: frozenset[bytes] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        added = {name.lower() for name, _ in self.request_add}
+        object.__setattr__(self, "_request_drop", _REQUEST_DROP | self.request_hide | added)
+        drop = _REPLY_DROP | self.reply_hide | {name.lower() for name, _ in self.reply_add}
+        if self.preserve_server and b"server" not in self.reply_hide:
+            drop = drop - {b"server"}
+        object.__setattr__(self, "_reply_drop", drop)
+
+    def request_headers(
+        self,
+        raw: Iterable[tuple[bytes, Sequence[bytes]]],
+        host: bytes,
+        client_host: bytes,
+        peer: Peer,
+    ) -> Pairs:
+        """
+        Build the backend request's headers.
+
+        @param raw: The client's headers as Twisted groups them: each name
+            (any case) with all its values in order.
+        @param host: The C{Host} to send.
+        @param client_host: The client's own C{Host} (or absolute-form
+            authority), for X-Forwarded-Host.
+        @param peer: The immediate peer.
+        """
+        grouped = [(name.lower(), values) for name, values in raw]
+        drop = self._request_drop
+        for name, values in grouped:
+            if name == b"connection":
+                drop = drop | connection_tokens(values)
+                break
+        out: Pairs = [(b"Host", host)]
+        chain: list[bytes] = []
+        kept: dict[bytes, Sequence[bytes]] = {}
+        for name, values in grouped:
+            if name in drop:
+                if peer.trusted:
+                    if name == b"x-forwarded-for":
+                        chain.extend(values)
+                    elif name in _FORWARDED:
+                        kept[name] = values
+                continue
+            out.extend((name, value) for value in values)
+        address = b"" if peer.address is None else str(peer.address).encode("ascii")
+        client = b"" if peer.client is None else str(peer.client).encode("ascii")
+        out.append((b"X-Forwarded-For", b", ".join(chain + [address]) if chain else address))
+        out.append((b"X-Real-IP", client))
+        for name, default in (
+            (b"x-forwarded-host", client_host),
+            (b"x-forwarded-proto", b"https" if peer.tls else b"http"),
+            (b"x-forwarded-ssl", b"on" if peer.tls else b"off"),
+        ):
+            if name in self.request_hide:
+                continue
+            out.extend((name, value) for value in kept.get(name, (default,)))
+        out.extend(self.request_add)
+        return out
+
+    def reply_headers(
+        self, raw: Iterable[tuple[bytes, Sequence[bytes]]], server_tokens: bytes
+    ) -> Pairs:
+        """
+        Build the client response's headers from the backend's.
+
+        @param raw: The backend's headers as Twisted groups them; Agent has
+            already taken the framing and connection fields out.
+        @param server_tokens: Our C{Server} value, used unless the rule
+            preserves the backend's.
+        """
+        drop = self._reply_drop
+        out: Pairs = []
+        has_server = False
+        for name, values in raw:
+            lower = name.lower()
+            if lower in drop or lower.startswith((b"x-accel-", b"x-sendfile")):
+                continue
+            has_server = has_server or lower == b"server"
+            if self.reply_rewrite and lower in (b"location", b"content-location"):
+                values = [_rewrite(self.reply_rewrite, v) for v in values]
+            out.extend((name, value) for value in values)
+        if not has_server and b"server" not in self.reply_hide:
+            out.append((b"Server", server_tokens))
+        out.extend(self.reply_add)
+        return out
