@@ -154,6 +154,7 @@ class ServerConfig:
     max_body_size: int = attrs.field(default=0, validator=_non_negative)
     trusted_proxies: tuple[Network, ...] = attrs.field(default=(), converter=tuple)
     workers: int = attrs.field(default=1, validator=_positive)
+    max_connections: int = attrs.field(default=10000, validator=_positive)
 
     @listen.validator
     def _listen(self, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:

@@ -23,7 +23,11 @@ from twisted.web.http import RESPONSES
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
-__all__ = ["ErrorPages", "MAX_PAGE_SIZE"]
+__all__ = [
+    "ErrorPages",
+    "MAX_PAGE_SIZE",
+    "reason_phrase",
+]
 
 MAX_PAGE_SIZE = 1024 * 1024
 """
@@ -43,6 +47,27 @@ _STALE_HEADERS = (
     b"last-modified",
     b"transfer-encoding",
 )
+
+
+# Phrases newer than Twisted's table (RFC 6585, RFC 7725, RFC 9110).
+_MORE_PHRASES = {
+    308: b"Permanent Redirect",
+    421: b"Misdirected Request",
+    422: b"Unprocessable Content",
+    428: b"Precondition Required",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    451: b"Unavailable For Legal Reasons",
+    511: b"Network Authentication Required",
+}
+
+
+def reason_phrase(code: int) -> bytes:
+    """
+    The standard reason phrase of a status code, or nothing for one
+    no standard names (empty).
+    """
+    return RESPONSES.get(code) or _MORE_PHRASES.get(code, b"")
 
 
 def _checkCode(code: int) -> None:
@@ -81,7 +106,7 @@ def _builtinPage(code: int) -> bytes:
     @return: A UTF-8 HTML document.
     """
     _checkCode(code)
-    reason = RESPONSES.get(code, b"").decode("ascii", "replace")
+    reason = reason_phrase(code).decode("ascii", "replace")
     title = escape(f"{code} {reason}".strip())
     return (
         "<!DOCTYPE html>\n"

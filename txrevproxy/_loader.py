@@ -94,6 +94,7 @@ _SERVER: Mapping[str, Parser] = {
     "max_body_size": parse_size,
     "trusted_proxies": parse_networks,
     "workers": lambda v: parse_int(v, 1),
+    "max_connections": lambda v: parse_int(v, 1),
 }
 
 _SOURCE: Mapping[str, Parser] = {

@@ -1,13 +1,20 @@
 # -*- test-case-name: tests.test_request -*-
 """
 The server side of a client connection: an L{HTTPChannel} and L{Request}
-that start processing a request as soon as its head is complete.
+that check every request head and start processing it as soon as the head
+is complete.
 
 Twisted's own request reads the whole body (to memory or a temporary file)
 before a resource sees it.  A proxy must instead start the backend request
 at once and stream the body through, so that an upload of any size costs a
 socket buffer, not its size in memory or on disk.  The resource sees the
 same L{Request} API; only C{body_stream} is new.
+
+Twisted's parser is strict about framing but leaves the rest of a front
+end's duties to us (security.md §0): the head is validated here before any
+resource runs, obs-fold is refused, the head's size and the time to send it
+are bounded, and bodies are bounded.  Anything refused is answered and the
+connection closed, so nothing after it on the connection is ever parsed.
 """
 
 from __future__ import annotations
@@ -15,12 +22,50 @@ from __future__ import annotations
 from io import BytesIO
 from typing import Any, Optional
 
-from twisted.web.http import HTTPChannel
+import attrs
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.server import Request
 
+from ._errorpages import reason_phrase
 from ._streams import RequestBody
+from ._validation import Rejection, validate_head
 
-__all__ = ["ProxyChannel", "ProxyRequest"]
+__all__ = ["BodyTooLarge", "ProxyChannel", "ProxyRequest", "Limits"]
+
+_log = Logger()
+
+_ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"
+
+
+class BodyTooLarge(Exception):
+    """
+    A request body grew past C{max_body_size} while it streamed.
+    """
+
+
+@attrs.frozen
+class Limits:
+    """
+    The bounds a channel enforces.  The head limits are nginx's defaults
+    (8 KiB lines, 32 KiB in all) and fixed; the others come from
+    C{[server]}.
+
+    @ivar header_timeout: Seconds a client has to send a complete head (408).
+    @ivar max_body_size: Largest body (413); 0 is no limit.
+    """
+
+    header_timeout: float = 10.0
+    max_body_size: int = 0
+    max_line: int = 8192
+    max_head: int = 32768
+    max_headers: int = 100
+
+
+_DEFAULT = Limits()
 
 
 class ProxyRequest(Request):
@@ -34,6 +79,8 @@ class ProxyRequest(Request):
 
     body_stream: Optional[RequestBody] = None
     _streaming = False
+    _received = 0
+    _too_large = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -56,16 +103,49 @@ class ProxyRequest(Request):
         super().requestReceived(command, path, version)
 
     def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        limit = getattr(self.channel.site, "limits", _DEFAULT).max_body_size
+        if limit and self._received > limit:
+            self._body_too_large()
+            return
         if self.body_stream is None:
             super().handleContentChunk(data)
         elif not self.finished:
             self.body_stream.write(data)
 
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+    def _body_too_large(self) -> None:
+        if self._too_large:
+            return
+        self._too_large = True
+        self.content = BytesIO()
         if self.body_stream is None:
-            super().requestReceived(command, path, version)
-        else:
+            return  # Buffered (HTTP/2): answered in requestReceived.
+        self.body_stream.fail(Failure(BodyTooLarge()))
+        if self.startedWriting:
+            # A backend already answered: the only honest end is a cut.
+            self.channel.transport.abortConnection()
+        elif not self.finished:
+            self._error(413)
+
+    def _error(self, status: int) -> None:
+        self.setResponseCode(status)
+        self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        body = self.channel.site.error_body(self.getHeader(b"host") or b"", status, self.method)
+        for name, values in body[0]:
+            self.responseHeaders.setRawHeaders(name, values)
+        self.write(body[1])
+        self.finish()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.body_stream is not None:
             self.body_stream.finish()
+            return
+        if self._too_large:
+            self.method, self.uri, self.clientproto = command, path, version
+            self.channel.persistent = False
+            self._error(413)
+            return
+        super().requestReceived(command, path, version)
 
     def finish(self) -> None:
         if self.body_stream is not None and not self.body_stream.complete:
@@ -77,23 +157,145 @@ class ProxyRequest(Request):
 
 class ProxyChannel(HTTPChannel):
     """
-    An HTTP/1.1 channel that hands requests with a body to the resource
-    when their head is complete.
+    An HTTP/1.1 channel that validates each request head, bounds it in size
+    and time, and hands requests with a body to the resource when their
+    head is complete.
     """
 
+    MAX_LENGTH = _DEFAULT.max_line
+    # Twisted's own head limits answer a bare 400; ours (below them) answer
+    # 431 with a page.
+    totalHeadersSize = _DEFAULT.max_head * 2
+    maxHeaders = _DEFAULT.max_headers * 2
+
+    _head_lines = 0
+    _head_size = 0
+    _rejected = False
+    _in_body = False
+    _header_timer: Optional[IDelayedCall] = None
+
+    @property
+    def _limits(self) -> Any:
+        return getattr(self.site, "limits", _DEFAULT)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._start_header_timer()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._handlingRequest and not self._in_body and not self._rejected:
+            self._start_header_timer()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._rejected:
+            return
+        limits = self._limits
+        self._head_lines += 1
+        self._head_size += len(line) + 2
+        if self._head_lines > 1 and line[:1] in (b" ", b"\t"):
+            self._reject(400, "obs-fold (a header continuation line)")
+        elif self._head_size > limits.max_head or self._head_lines > limits.max_headers + 2:
+            self._reject(431, "request head too large")
+        else:
+            super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._head_lines == 0:
+            self._reject(414, "request line too long")
+        else:
+            self._reject(431, "header line too long")
+
     def allHeadersReceived(self) -> None:
+        self._stop_header_timer()
+        self._head_lines = self._head_size = 0
         request = self.requests[-1]
+        headers = [
+            (name, value)
+            for name, values in request.requestHeaders.getAllRawHeaders()
+            for value in values
+        ]
+        verdict = validate_head(
+            self._command,
+            self._path,
+            self._version,
+            headers,
+            max_body_size=self._limits.max_body_size,
+        )
+        if isinstance(verdict, Rejection):
+            self._reject(verdict.status, verdict.reason)
+            return
+        for name in verdict.dropped:
+            request.requestHeaders.removeHeader(name)
+        if verdict.absolute:
+            # Route by the target's authority and forward origin-form, with a
+            # Host regenerated from it (RFC 9112 §3.2.2).
+            request.requestHeaders.setRawHeaders(b"host", [verdict.authority])
+            self._path = verdict.path + (b"" if verdict.query is None else b"?" + verdict.query)
         streaming = self.length != 0 and isinstance(request, ProxyRequest)
         if streaming:
             request._streaming = True
+            self._in_body = True
         super().allHeadersReceived()
         if streaming and not request.finished:
             request.start_early(self._command, self._path, self._version, self.length)
 
     def allContentReceived(self) -> None:
+        self._in_body = False
+        if self._rejected:
+            return
         if not self.requests or self.requests[-1].finished:
             # The response went out before the body was in, and the
             # connection is closing: what is left of the body is ignored.
             self._handlingRequest = True
             return
         super().allContentReceived()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stop_header_timer()
+        super().connectionLost(reason)
+
+    def _start_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.callLater(self._limits.header_timeout, self._header_timeout)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            if self._header_timer.active():
+                self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self._head_lines or getattr(self, "_buffer", b"") or self._dataBuffer:
+            self._reject(408, "request head not complete within header_timeout")
+        else:
+            self._rejected = True
+            self.loseConnection()
+
+    def _reject(self, status: int, reason: str) -> None:
+        """
+        Answer a request that must not go on, and close: nothing after it
+        on this connection is parsed.
+        """
+        self._rejected = True
+        self._stop_header_timer()
+        peer = getattr(self.transport.getPeer(), "host", "?")
+        _log.info("Rejected a request from {peer}: {status} ({reason})", peer=peer, status=status, reason=reason)
+        request = self.requests[-1] if self.requests else None
+        host = b""
+        method = getattr(self, "_command", b"GET")
+        if request is not None:
+            host = request.requestHeaders.getRawHeaders(b"host", [b""])[0]
+        headers, body = self.site.error_body(host, status, method)
+        lines = [b"HTTP/1.1 %d %s" % (status, reason_phrase(status) or b"Error")]
+        for name, values in headers:
+            lines.extend(name + b": " + value for value in values)
+        if status == 405:
+            lines.append(b"Allow: " + _ALLOW)
+        lines.append(b"Date: " + datetimeToString())
+        lines.append(b"Connection: close")
+        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        self.requests = []
+        self.persistent = False
+        self.loseConnection()

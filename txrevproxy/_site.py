@@ -31,7 +31,7 @@ from ._files import FileHandler
 from ._interpreter import Interpreter
 from ._proxy import ReverseProxyResource
 from ._redirect import RedirectResource
-from ._request import ProxyChannel, ProxyRequest
+from ._request import Limits, ProxyChannel, ProxyRequest
 from ._vhosts import Route, VirtualHosts, VServer
 
 __all__ = ["ProxySite", "Runtime", "build"]
@@ -39,25 +39,90 @@ __all__ = ["ProxySite", "Runtime", "build"]
 _log = Logger()
 
 
-def _channel(factory: Any) -> Any:
-    # Twisted chooses between HTTP/1.1 and HTTP/2 by ALPN in this private
-    # wrapper; wrapping our own HTTP/1.1 channel keeps that choice intact.
-    return http._GenericHTTPChannelProtocol(ProxyChannel())
+class _Channel(http._GenericHTTPChannelProtocol):  # type: ignore[misc]
+    """
+    Twisted's private wrapper that picks HTTP/1.1 or HTTP/2 by ALPN, around
+    our HTTP/1.1 channel; it also keeps the site's count of open
+    connections.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        before = self._channel
+        super().dataReceived(data)
+        if self._channel is not before and isinstance(before, ProxyChannel):
+            # Switched to HTTP/2: the HTTP/1.1 channel's head timer is moot.
+            before._stop_header_timer()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.connections -= 1
+        super().connectionLost(reason)
 
 
 class ProxySite(Site):
     """
-    A L{Site} whose requests stream their bodies and carry no Twisted
-    defaults a proxy must not add (no C{text/html} content type, no POST
-    form parsing, no tracebacks).
+    A L{Site} whose requests are validated and stream their bodies, with
+    none of the Twisted defaults a proxy must not add (no C{text/html}
+    content type, no POST form parsing, no tracebacks).
+
+    @ivar limits: What each connection's channel enforces.
+    @ivar max_connections: Client connections served at once; a connection
+        past it is closed at once (the listener keeps accepting, so the
+        kernel's backlog does not fill with clients that will time out).
+    @ivar connections: Client connections open now.
     """
 
-    protocol = _channel
     requestFactory = ProxyRequest
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        limits: Limits = Limits(),
+        max_connections: int = 10000,
+        server_tokens: bytes = b"txrevproxy",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
+        self.limits = limits
+        self.max_connections = max_connections
+        self.server_tokens = server_tokens
+        self.connections = 0
+        self._refusing = False
+
+    def protocol(self) -> Any:  # type: ignore[override]
+        return _Channel(ProxyChannel())
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.connections >= self.max_connections:
+            if not self._refusing:
+                _log.warn(
+                    "{count} client connections open (max_connections): closing new ones",
+                    count=self.connections,
+                )
+            self._refusing = True
+            return None
+        self._refusing = False
+        self.connections += 1
+        return super().buildProtocol(addr)
+
+    def error_body(
+        self, authority: bytes, status: int, method: bytes = b"GET"
+    ) -> tuple[list[tuple[bytes, list[bytes]]], bytes]:
+        """
+        The headers and body of an error the proxy answers before any
+        resource runs, from the error pages of the vserver C{authority}
+        selects.
+        """
+        select = getattr(self.resource, "select", None)
+        pages = select(authority).pages if select is not None else ErrorPages()
+        body = pages.body(status)
+        headers = [
+            (b"Server", [self.server_tokens]),
+            (b"Content-Type", [b"text/html; charset=utf-8"]),
+            (b"Content-Length", [b"%d" % len(body)]),
+        ]
+        return headers, b"" if method == b"HEAD" else body
 
 
 class _Pools(Service):
@@ -135,10 +200,14 @@ def build(
     ]
     root = VirtualHosts(vservers, config.server.trusted_proxies)
     access_log = config.server.access_log
+    server = config.server
     site = ProxySite(
         root,
+        limits=Limits(header_timeout=server.header_timeout, max_body_size=server.max_body_size),
+        max_connections=server.max_connections,
+        server_tokens=server.server_tokens.encode("ascii"),
         logPath=None if access_log in ("-", "off") else access_log,
-        timeout=config.server.timeout,
+        timeout=server.timeout,
         reactor=reactor,
     )
     if access_log == "off":
