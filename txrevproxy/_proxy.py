@@ -38,6 +38,7 @@ from ._balancers import IBalancer
 from ._config import ProxySettings
 from ._errorpages import ErrorPages
 from ._headers import HeaderPolicy, Peer, client_address
+from ._internal import KEPT_HEADERS, BadRedirect, TooManyRedirects, dispatch, redirect_value, validate_target
 from ._interpreter import SpawnFailed
 from ._streams import RequestBody, ResponseRelay
 from ._values import Network
@@ -164,6 +165,8 @@ class _Exchange:
         self.body = self._body()
 
     def _body(self) -> Optional[IBodyProducer]:
+        if getattr(self.request, "internal_redirects", 0):
+            return None  # An internal redirect is a GET without a body.
         stream = getattr(self.request, "body_stream", None)
         if stream is not None:
             return stream
@@ -325,6 +328,17 @@ class _Exchange:
             return
         request = self.request
         proxy = self.proxy
+        if proxy.settings.x_sendfile:
+            value = redirect_value(response.headers)
+            if value is not None:
+                self._internal_redirect(response, value)
+                return
+        if proxy.settings.vserver_errors and response.code >= 400:
+            # The vserver's page replaces the backend's answer; the status
+            # stays.  1xx-3xx answers (a redirect's Location) never do.
+            response.deliverBody(_Drain())
+            self._error(response.code)
+            return
         request.setResponseCode(response.code, response.phrase)
         headers = proxy.policy.reply_headers(response.headers.getAllRawHeaders(), proxy.server_tokens)
         out = request.responseHeaders
@@ -346,6 +360,29 @@ class _Exchange:
             request.channel.persistent = False
         self.relay = ResponseRelay(request, proxy.reactor, proxy.settings.read_timeout, self._relayed)
         response.deliverBody(self.relay)
+
+    def _internal_redirect(self, response: IResponse, value: bytes) -> None:
+        response.deliverBody(_Drain())
+        kept = [
+            (name, response.headers.getRawHeaders(name))
+            for name in KEPT_HEADERS
+            if response.headers.hasHeader(name)
+        ]
+        try:
+            dispatch(self.request, validate_target(value), kept)
+        except BadRedirect as e:
+            self._log.warn(
+                "502 for {target}: backend {source} asked for an internal redirect to "
+                "{value!r}: {why}",
+                target=self.target.decode("latin-1"),
+                source=self.backend.name,
+                value=value,
+                why=str(e),
+            )
+            self._error(502)
+        except TooManyRedirects as e:
+            self._log.warn("500 for {target}: {why}", target=self.target.decode("latin-1"), why=str(e))
+            self._error(500)
 
     def _relayed(self, reason: Optional[Failure]) -> None:
         self.relay = None
@@ -386,3 +423,17 @@ class _Discard(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.stopProducing()
+
+
+class _Drain(Protocol):
+    """
+    Reads and forgets a short body so its connection can go back to the
+    pool; a long one is cut, and its connection closed, instead.
+    """
+
+    _left = 65536
+
+    def dataReceived(self, data: bytes) -> None:
+        self._left -= len(data)
+        if self._left < 0:
+            self.transport.stopProducing()

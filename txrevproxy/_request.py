@@ -78,6 +78,7 @@ class ProxyRequest(Request):
     """
 
     body_stream: Optional[RequestBody] = None
+    header_overrides: list[tuple[bytes, list[bytes]]] = []
     _streaming = False
     _received = 0
     _too_large = False
@@ -146,6 +147,17 @@ class ProxyRequest(Request):
             self._error(413)
             return
         super().requestReceived(command, path, version)
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and self.header_overrides:
+            # An internal redirect's kept headers replace the target's own,
+            # unless the target failed (its error page is HTML, whatever
+            # the backend said the file would be).
+            if self.code < 400:
+                for name, values in self.header_overrides:
+                    self.responseHeaders.setRawHeaders(name, values)
+            self.header_overrides = []
+        super().write(data)
 
     def finish(self) -> None:
         if self.body_stream is not None and not self.body_stream.complete:

@@ -61,13 +61,14 @@ class VServer:
 
     def route(self, facts: RequestFacts, internal: bool = False) -> Optional[Route]:
         """
-        The first route whose rule matches; internal rules only count for
-        internal redirects, and are invisible to clients.
+        The first route whose rule matches, or L{None}.  A client request
+        (not C{internal}) that matches an internal rule gets L{None}, so it
+        is answered 404 as if nothing matched (nginx's C{internal}).
         """
         for route in self.routes:
-            if route.rule.internal and not internal:
-                continue
             if matches_all(route.rule.match, facts):
+                if route.rule.internal and not internal:
+                    return None
                 return route
         return None
 
@@ -147,7 +148,7 @@ class VirtualHosts(Resource):
 
     def render(self, request: Any) -> Any:
         vserver = self.select(request.getHeader(b"host") or b"")
-        route = vserver.route(self.facts(request))
+        route = vserver.route(self.facts(request), getattr(request, "internal_redirects", 0) > 0)
         if route is None:
             return vserver.pages.render(request, 404)
         prefix = route.rule.strip_prefix if route.rule.strip_directory else None

@@ -1,0 +1,287 @@
+"""
+Internal redirects end to end: a real backend answering X-Accel-Redirect
+and X-Sendfile, a real proxy, real sockets on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from txrevproxy import build, parse_config
+
+
+class _Backend(Resource):
+    """
+    Answers according to the path, and records what it was asked.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bytes, bytes, bytes]] = []
+
+    def render(self, request: Any) -> bytes:
+        body = request.content.read()
+        self.seen.append((request.method, request.uri, body))
+        path = request.path
+        headers = request.requestHeaders
+        self.seen_headers = headers
+        if path.startswith(b"/accel/"):
+            target = path[len(b"/accel") :].replace(b"%3F", b"?")
+            request.setHeader(b"x-accel-redirect", target)
+            request.setHeader(b"content-type", b"application/x-kept")
+            request.setHeader(b"content-disposition", b'attachment; filename="r.bin"')
+            request.setHeader(b"x-dropped", b"yes")
+            request.addCookie(b"k", b"v")
+            return b"backend body that must be discarded"
+        if path.endswith(b"/sendfile"):
+            request.setHeader(b"x-sendfile", b"/files/data.txt")
+            return b"discard me"
+        if path == b"/loop":
+            request.setHeader(b"x-accel-redirect", b"/loop")
+            return b""
+        if path.startswith(b"/dynamic"):
+            request.setHeader(b"content-type", b"text/x-dynamic")
+            return b"dynamic content for " + request.uri
+        if path == b"/status/404":
+            request.setResponseCode(404)
+            return b"backend's own 404 body"
+        if path == b"/status/302":
+            request.setResponseCode(302)
+            request.setHeader(b"location", b"http://example.com/next")
+            return b""
+        return b"plain"
+
+
+def _send(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+def _split(response: bytes) -> tuple[bytes, dict[bytes, list[bytes]], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return lines[0], headers, body
+
+
+class InternalRedirectTests(TestCase):
+    timeout = 15
+
+    def setUp(self) -> None:
+        self.root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.root)
+        os.mkdir(os.path.join(self.root, "files"))
+        with open(os.path.join(self.root, "files", "data.txt"), "wb") as f:
+            f.write(b"0123456789" * 10)
+        pages = os.path.join(self.root, "pages")
+        os.mkdir(pages)
+        with open(os.path.join(pages, "404.html"), "wb") as f:
+            f.write(b"<p>custom not found</p>")
+        self.backend = _Backend()
+        port = reactor.listenTCP(0, Site(self.backend), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        config = parse_config(
+            f"""
+[server]
+access_log = off
+
+[vserver:default]
+document_root = {self.root}
+error_pages = {pages}
+
+[source:app]
+address = 127.0.0.1:{port.getHost().port}
+
+[rule:files]
+priority = 30
+match = directory /files
+handler = file
+internal = yes
+
+[rule:dynamic]
+priority = 20
+match = directory /dynamic
+handler = proxy
+sources = app
+internal = yes
+
+[rule:plain]
+priority = 15
+match = directory /plain
+handler = proxy
+sources = app
+x_sendfile = no
+
+[rule:errors]
+priority = 10
+match = directory /status
+handler = proxy
+sources = app
+vserver_errors = yes
+
+[rule:app]
+match = default
+handler = proxy
+sources = app
+"""
+        )
+        self.runtime = build(config, reactor)
+        self.runtime.service.startService()
+        self.addCleanup(self.runtime.service.stopService)
+        listening = reactor.listenTCP(0, self.runtime.site, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        self.port = listening.getHost().port
+
+    def get(self, target: bytes, method: bytes = b"GET", extra: bytes = b"", body: bytes = b"") -> Any:
+        request = (
+            method + b" " + target + b" HTTP/1.1\r\nHost: example\r\nConnection: close\r\n"
+            + extra
+            + (b"Content-Length: %d\r\n" % len(body) if body else b"")
+            + b"\r\n"
+            + body
+        )
+        return deferToThread(_send, self.port, request).addCallback(_split)
+
+    @inlineCallbacks
+    def test_accelToFile(self) -> Any:
+        """
+        X-Accel-Redirect to an internal file rule serves the file's bytes
+        with only the kept backend headers, which replace the file's.
+        """
+        status, headers, body = yield self.get(b"/accel/files/data.txt")
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.assertEqual(body, b"0123456789" * 10)
+        self.assertEqual(headers[b"content-type"], [b"application/x-kept"])
+        self.assertEqual(headers[b"content-disposition"], [b'attachment; filename="r.bin"'])
+        self.assertIn(b"k=v", headers[b"set-cookie"][0])
+        self.assertNotIn(b"x-dropped", headers)
+        self.assertNotIn(b"x-accel-redirect", headers)
+
+    @inlineCallbacks
+    def test_accelRange(self) -> Any:
+        """
+        The file behind a redirect honours Range.
+        """
+        status, headers, body = yield self.get(b"/accel/files/data.txt", extra=b"Range: bytes=0-4\r\n")
+        self.assertEqual(status, b"HTTP/1.1 206 Partial Content")
+        self.assertEqual(body, b"01234")
+
+    @inlineCallbacks
+    def test_sendfile(self) -> Any:
+        """
+        X-Sendfile works the same way.
+        """
+        status, headers, body = yield self.get(b"/sendfile")
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.assertEqual(body, b"0123456789" * 10)
+        self.assertNotIn(b"x-sendfile", headers)
+
+    @inlineCallbacks
+    def test_accelToProxyRule(self) -> Any:
+        """
+        The target may be a proxy rule: dynamic content, fetched with GET
+        even when the original request was a POST, without its body.
+        """
+        status, headers, body = yield self.get(
+            b"/accel/dynamic/x%3Fq=1", method=b"POST", body=b"form=data"
+        )
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.assertEqual(body, b"dynamic content for /dynamic/x?q=1")
+        self.assertEqual(self.backend.seen[-1], (b"GET", b"/dynamic/x?q=1", b""))
+        self.assertEqual(self.backend.seen[-2][0], b"POST")
+
+    @inlineCallbacks
+    def test_internalRuleDirectly(self) -> Any:
+        """
+        A client asking for an internal rule's path gets the vserver's 404.
+        """
+        status, headers, body = yield self.get(b"/files/data.txt")
+        self.assertEqual(status, b"HTTP/1.1 404 Not Found")
+        self.assertEqual(body, b"<p>custom not found</p>")
+
+    @inlineCallbacks
+    def test_badTargets(self) -> Any:
+        """
+        Targets with dot-segments (plain or encoded), NUL, or not absolute
+        give 502 and never a file.
+        """
+        for target in (b"/files/../files/data.txt", b"/files/%2e%2e/x", b"/files/%00x"):
+            status, _, body = yield self.get(b"/accel" + target.replace(b"?", b"%3F"))
+            self.assertEqual(status, b"HTTP/1.1 502 Bad Gateway", target)
+            self.assertNotIn(b"0123456789", body)
+
+    @inlineCallbacks
+    def test_loop(self) -> Any:
+        """
+        A redirect loop ends in a 500 after ten redirects.
+        """
+        status, _, _ = yield self.get(b"/loop")
+        self.assertEqual(status, b"HTTP/1.1 500 Internal Server Error")
+        self.assertEqual(sum(1 for m, uri, _ in self.backend.seen if uri == b"/loop"), 11)
+
+    @inlineCallbacks
+    def test_disabled(self) -> Any:
+        """
+        With x_sendfile = no the backend's answer is relayed, the headers
+        hidden.
+        """
+        status, headers, body = yield self.get(b"/plain/sendfile")
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.assertEqual(body, b"discard me")
+        self.assertNotIn(b"x-sendfile", headers)
+
+    @inlineCallbacks
+    def test_clientHeadersHidden(self) -> Any:
+        """
+        X-Sendfile-Type and X-Accel-Mapping from a client never reach a
+        backend.
+        """
+        yield self.get(b"/x", extra=b"X-Sendfile-Type: X-Accel-Redirect\r\nX-Accel-Mapping: /=/etc/\r\n")
+        self.assertFalse(self.backend.seen_headers.hasHeader(b"x-sendfile-type"))
+        self.assertFalse(self.backend.seen_headers.hasHeader(b"x-accel-mapping"))
+
+    @inlineCallbacks
+    def test_vserverErrors(self) -> Any:
+        """
+        With vserver_errors a backend 404 becomes the vserver's page, status
+        kept; a 302 is relayed untouched.
+        """
+        status, _, body = yield self.get(b"/status/404")
+        self.assertEqual(status, b"HTTP/1.1 404 Not Found")
+        self.assertEqual(body, b"<p>custom not found</p>")
+        status, headers, _ = yield self.get(b"/status/302")
+        self.assertEqual(status, b"HTTP/1.1 302 Found")
+        self.assertEqual(headers[b"location"], [b"http://example.com/next"])
+
+    @inlineCallbacks
+    def test_missingTargetKeepsErrorPage(self) -> Any:
+        """
+        A redirect to a file that does not exist is the vserver's 404 page,
+        presented as HTML, not with the backend's kept Content-Type.
+        """
+        status, headers, body = yield self.get(b"/accel/files/missing.txt")
+        self.assertEqual(status, b"HTTP/1.1 404 Not Found")
+        self.assertEqual(body, b"<p>custom not found</p>")
+        self.assertEqual(headers[b"content-type"], [b"text/html; charset=utf-8"])
