@@ -70,8 +70,16 @@ def forwarded_target(request: Any) -> bytes:
 def request_peer(request: Any, trusted: Sequence[Network]) -> Peer:
     """
     The immediate peer, whether it is trusted, and the client address the
-    forwarding headers and C{from} conditions use.
+    forwarding headers and C{from} conditions use; worked out once per
+    request.
     """
+    peer = getattr(request, "_txrevproxy_peer", None)
+    if peer is None:
+        peer = request._txrevproxy_peer = _peer(request, trusted)
+    return peer
+
+
+def _peer(request: Any, trusted: Sequence[Network]) -> Peer:
     host = getattr(request.getClientAddress(), "host", None)
     try:
         address = ipaddress.ip_address(host) if host else None

@@ -19,6 +19,7 @@ from typing import Protocol, Union
 from urllib.parse import unquote_to_bytes
 
 import attrs
+from twisted.web.http_headers import Headers
 
 from ._values import Network, is_token, parse_networks
 
@@ -70,8 +71,7 @@ class RequestFacts:
     @ivar path: The normalised path (see L{normalize_path}).
     @ivar query: The raw query string without C{?}, or L{None} when the
         target had no C{?}.
-    @ivar headers: The request headers, as C{(name, value)} pairs with
-        lower-case names.
+    @ivar headers: The request headers.
     @ivar client: The client address (after C{trusted_proxies}), if known.
     @ivar tls: Whether the request arrived over TLS.
     """
@@ -79,7 +79,7 @@ class RequestFacts:
     method: bytes
     path: str
     query: str | None
-    headers: Sequence[tuple[bytes, bytes]]
+    headers: Headers
     client: IPAddress | None
     tls: bool
 
@@ -166,8 +166,8 @@ class Header:
 
     def matches(self, facts: RequestFacts) -> bool:
         return any(
-            name == self.name and self.pattern.search(value.decode("latin-1"))
-            for name, value in facts.headers
+            self.pattern.search(value.decode("latin-1"))
+            for value in facts.headers.getRawHeaders(self.name, ())
         )
 
 

@@ -135,14 +135,12 @@ class VirtualHosts(Resource):
         What the rules of a vserver are matched against.
         """
         path, question, query = request.uri.partition(b"?")
-        raw = [(name.lower(), value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values]
-        peer = request_peer(request, self._trusted)
         return RequestFacts(
             method=request.method,
             path=normalize_path(request.path),
             query=query.decode("latin-1") if question else None,
-            headers=raw,
-            client=peer.client,
+            headers=request.requestHeaders,
+            client=request_peer(request, self._trusted).client,
             tls=request.isSecure(),
         )
 
