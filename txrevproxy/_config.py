@@ -19,7 +19,7 @@ from typing import Any, Optional
 import attrs
 
 from ._balancers import BALANCER_KINDS
-from ._rules import Condition, Default, Directory
+from ._rules import Condition, Directory
 from ._values import Network, Rewrite
 
 __all__ = [
@@ -288,7 +288,7 @@ class RuleConfig:
 
     name: str
     handler: str = attrs.field(validator=_one_of(*HANDLERS))
-    match: tuple[Condition, ...] = attrs.field(default=(Default(),), converter=tuple)
+    match: tuple[Condition, ...] = attrs.field(converter=tuple)
     vserver: str = "default"
     priority: int = 0
     internal: bool = False

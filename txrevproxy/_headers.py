@@ -151,11 +151,16 @@ class HeaderPolicy:
     preserve_server: bool = False
     _request_drop: frozenset[bytes] = attrs.field(init=False)
     _reply_drop: frozenset[bytes] = attrs.field(init=False)
+    _request_replaced: frozenset[bytes] = attrs.field(init=False)
+    _own_server: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        added = {name.lower() for name, _ in self.request_add}
+        added = frozenset(name.lower() for name, _ in self.request_add)
+        object.__setattr__(self, "_request_replaced", self.request_hide | added)
         object.__setattr__(self, "_request_drop", _REQUEST_DROP | self.request_hide | added)
-        drop = _REPLY_DROP | self.reply_hide | {name.lower() for name, _ in self.reply_add}
+        reply_added = {name.lower() for name, _ in self.reply_add}
+        object.__setattr__(self, "_own_server", b"server" not in self.reply_hide | reply_added)
+        drop = _REPLY_DROP | self.reply_hide | reply_added
         if self.preserve_server and b"server" not in self.reply_hide:
             drop = drop - {b"server"}
         object.__setattr__(self, "_reply_drop", drop)
@@ -204,9 +209,11 @@ class HeaderPolicy:
             (b"x-forwarded-proto", b"https" if peer.tls else b"http"),
             (b"x-forwarded-ssl", b"on" if peer.tls else b"off"),
         ):
-            if name in self.request_hide:
-                continue
             out.extend((name, value) for value in kept.get(name, (default,)))
+        if self._request_replaced:
+            # Hide and add apply last: they can remove or replace the
+            # proxy's own Host and forwarding headers too.
+            out = [(n, v) for n, v in out if n.lower() not in self._request_replaced]
         out.extend(self.request_add)
         return out
 
@@ -232,7 +239,7 @@ class HeaderPolicy:
             if self.reply_rewrite and lower in (b"location", b"content-location"):
                 values = [_rewrite(self.reply_rewrite, v) for v in values]
             out.extend((name, value) for value in values)
-        if not has_server and b"server" not in self.reply_hide:
+        if not has_server and self._own_server:
             out.append((b"Server", server_tokens))
         out.extend(self.reply_add)
         return out

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
+from twisted.internet.defer import Deferred, TimeoutError, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -31,11 +31,22 @@ from twisted.web.iweb import IAgent, IResponse
 
 __all__ = ["HealthChecker", "SourceHealth", "http_probe"]
 
-Probe = Callable[[], "Deferred[int]"]
+Probe = Callable[[], Deferred[int]]
 
 
 def _seconds(value: float) -> str:
     return f"{value:g} s"
+
+
+def _timed_out(result: object, timeout: float) -> object:
+    """
+    For L{Deferred.addTimeout}: whatever failure a cancelled request ends in
+    (L{CancelledError}, or the agent's C{ResponseNeverReceived} wrapping it),
+    it timed out.
+    """
+    if isinstance(result, Failure):
+        raise TimeoutError(timeout, "health check")
+    return result
 
 
 @attrs.define
@@ -94,7 +105,14 @@ class SourceHealth:
         self._max_fails = max_fails
         self._fail_timeout = float(fail_timeout)
         self._clock = clock
-        self._where = f"rule {rule}: " if rule else ""
+        self._rule = rule
+
+    def _about(self, name: str) -> dict[str, str]:
+        """
+        The log event fields naming source C{name}.
+        """
+        where = f"rule {self._rule}: " if self._rule else ""
+        return {"where": where, "rule": self._rule, "source": name}
 
     def _state(self, name: str) -> _State:
         """
@@ -106,9 +124,7 @@ class SourceHealth:
             state.trial = True
             if state.down is None:
                 self._log.info(
-                    "{where}source {source} back in rotation (trial)",
-                    where=self._where,
-                    source=name,
+                    "{where}source {source} back in rotation (trial)", **self._about(name)
                 )
         return state
 
@@ -166,11 +182,10 @@ class SourceHealth:
         state.out_until = now + self._fail_timeout
         self._log.warn(
             "{where}source {source} out of rotation for {duration}: {why} ({detail})",
-            where=self._where,
-            source=name,
             duration=_seconds(self._fail_timeout),
             why=why,
             detail=detail,
+            **self._about(name),
         )
 
     def succeeded(self, name: str) -> None:
@@ -199,18 +214,14 @@ class SourceHealth:
             state.trial = False
             if back:
                 self._log.info(
-                    "{where}source {source} back in rotation: {why}",
-                    where=self._where,
-                    source=name,
-                    why=why,
+                    "{where}source {source} back in rotation: {why}", why=why, **self._about(name)
                 )
         elif state.down is None:
             state.down = why
             self._log.warn(
                 "{where}source {source} out of rotation until a health check passes: {why}",
-                where=self._where,
-                source=name,
                 why=why,
+                **self._about(name),
             )
 
 
@@ -275,7 +286,7 @@ class HealthChecker(Service):
             d = self._probes[name]()
         except Exception:
             d = fail()
-        d.addTimeout(self._timeout, self._clock)
+        d.addTimeout(self._timeout, self._clock, _timed_out)
 
         def done(result: Any) -> None:
             self._inflight.pop(name, None)
@@ -295,7 +306,7 @@ class HealthChecker(Service):
 
     def _verdict(self, result: Any) -> tuple[bool, str]:
         if isinstance(result, Failure):
-            if result.check(TimeoutError, CancelledError):
+            if result.check(TimeoutError):
                 return False, f"health check got no answer within {_seconds(self._timeout)}"
             return False, f"health check failed: {result.getErrorMessage() or result.type.__name__}"
         if 200 <= result < 400:
@@ -306,32 +317,25 @@ class HealthChecker(Service):
 class _Discard(Protocol):
     """
     Reads a response body to its end and forgets it, so that the connection
-    can go back to its pool; then fires with the status code.
+    can go back to its pool; then C{done} fires with the status code.
+    Cancelling C{done} closes the connection, which cannot be reused.
     """
 
-    def __init__(self, code: int, done: Deferred[int]) -> None:
-        self.code, self.done = code, done
+    def __init__(self, response: IResponse) -> None:
+        self.code = response.code
+        self.done: Deferred[int] = Deferred(lambda d: self.transport.stopProducing())
+        response.deliverBody(self)
 
     def dataReceived(self, data: bytes) -> None:
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return  # cancelled
         if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(self.code)
         else:
             self.done.errback(reason)
-
-
-def _discard_body(response: IResponse) -> Deferred[int]:
-    def cancel(d: Deferred[int]) -> None:
-        # Cancelled mid-body: the connection cannot be reused, close it.
-        if protocol.transport is not None:
-            protocol.transport.stopProducing()
-
-    done: Deferred[int] = Deferred(cancel)
-    protocol = _Discard(response.code, done)
-    response.deliverBody(protocol)
-    return done
 
 
 def http_probe(
@@ -347,8 +351,8 @@ def http_probe(
     def probe() -> Deferred[int]:
         headers = Headers({b"host": [host], b"user-agent": [b"txrevproxy-health-check"]})
         d: Deferred[Any] = agent.request(b"GET", uri, headers)
-        d.addCallback(_discard_body)
-        d.addTimeout(timeout, clock)
+        d.addCallback(lambda response: _Discard(response).done)
+        d.addTimeout(timeout, clock, _timed_out)
         return d
 
     return probe

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectError, TimeoutError as ConnectTimeout
+from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
@@ -39,6 +39,7 @@ from ._config import ProxySettings
 from ._errorpages import ErrorPages
 from ._headers import HeaderPolicy, Peer, client_address
 from ._internal import KEPT_HEADERS, BadRedirect, TooManyRedirects, dispatch, redirect_value, validate_target
+from ._health import HealthChecker, SourceHealth, http_probe
 from ._interpreter import SpawnFailed
 from ._streams import RequestBody, ResponseRelay
 from ._values import Network
@@ -132,6 +133,9 @@ class ReverseProxyResource(Resource):
             preserve_server=settings.preserve_server,
         )
         self._by_name = {backend.name: backend for backend in self.backends}
+        self.health = SourceHealth(
+            list(self._by_name), settings.max_fails, settings.fail_timeout, reactor, rule=name
+        )
         # Buffered bodies (HTTP/2, or a tree whose requests are not ours)
         # are read from disk in steps on this reactor, not the global one.
         self.cooperator = Cooperator(scheduler=lambda step: reactor.callLater(0, step))
@@ -139,6 +143,21 @@ class ReverseProxyResource(Resource):
     def render(self, request: Any) -> Any:
         _Exchange(self, request).start()
         return NOT_DONE_YET
+
+    def health_checker(self) -> Optional[HealthChecker]:
+        """
+        The service that probes the backends when C{health_check} is set,
+        or L{None}.  Whoever serves this resource starts and stops it.
+        """
+        path = self.settings.health_check
+        if path is None:
+            return None
+        timeout = min(self.settings.health_interval, 5.0)
+        probes = {
+            b.name: http_probe(b.agent, b.uri_prefix + path.encode("ascii"), b.host, timeout, self.reactor)
+            for b in self.backends
+        }
+        return HealthChecker(self.health, probes, self.settings.health_interval, self.reactor, timeout)
 
     def rewrite_target(self, target: bytes) -> bytes:
         """
@@ -170,6 +189,7 @@ class _Exchange:
         self.gone = False
         self.timed_out = False
         self.timer: Optional[IDelayedCall] = None
+        self.fell_back = False
         self.body = self._body()
 
     def _body(self) -> Optional[IBodyProducer]:
@@ -203,13 +223,21 @@ class _Exchange:
     def _choose(self) -> Optional[Backend]:
         proxy = self.proxy
         tried = {name for name, _ in self.tried}
-        candidates = [b.name for b in proxy.backends if b.name not in tried]
-        if not candidates:
+        untried = [b.name for b in proxy.backends if b.name not in tried]
+        if not untried:
             return None
+        if not any(proxy.health.in_rotation(name) for name in untried):
+            # Every source left is out of rotation: one is tried anyway,
+            # once per request, rather than failing without trying.
+            if self.fell_back:
+                return None
+            self.fell_back = True
+        candidates = proxy.health.candidates(untried)
         client = "" if self.peer.client is None else str(self.peer.client)
         return proxy._by_name[proxy.balancer.choose(client, candidates)]
 
     def _attempt(self) -> None:
+        self.timed_out = False
         backend = self._choose()
         if backend is None:
             self._fail()
@@ -268,6 +296,10 @@ class _Exchange:
             return
         why = self._describe(reason)
         self.tried.append((self.backend.name, why))
+        if self.timed_out or reason.check(ConnectError, ConnectTimeout, DNSLookupError):
+            # The source's own fault, on a new connection; a reset of a
+            # pooled connection or an HTTP error answer is not counted.
+            self.proxy.health.failed(self.backend.name, why)
         if self._retryable(reason):
             self._attempt()
         else:
@@ -283,17 +315,21 @@ class _Exchange:
         return reason.getErrorMessage() or reason.type.__name__
 
     def _retryable(self, reason: Failure) -> bool:
-        if self.timed_out:
-            return False
-        if reason.check(ConnectError, SpawnFailed, RequestNotSent):
+        """
+        Whether another source may be tried (SPEC §3 Dispatch): always when
+        nothing was sent; when the request went out but no response byte
+        came back, only for an idempotent method whose body has not begun
+        to stream.  Nothing has reached the client in either case.
+        """
+        if not self.timed_out and reason.check(ConnectError, DNSLookupError, SpawnFailed, RequestNotSent):
             return True
-        if reason.check(ResponseNeverReceived, RequestTransmissionFailed):
+        if self.timed_out or reason.check(ResponseNeverReceived, RequestTransmissionFailed):
             started = getattr(self.body, "started", self.body is not None)
             return self.request.method in _IDEMPOTENT and not started
         return False
 
     def _fail(self, reason: Optional[Failure] = None) -> None:
-        if self.timed_out or (reason is None and self._all_timeouts()):
+        if self.timed_out or self._all_timeouts():
             status = 504
         elif reason is None and all(why == "interpreter not running" for _, why in self.tried):
             status = 503
@@ -331,6 +367,7 @@ class _Exchange:
     def _got_response(self, response: IResponse) -> None:
         self._stop_timer()
         self.pending = None
+        self.proxy.health.succeeded(self.backend.name)
         if self.gone:
             response.deliverBody(_Discard())
             return
@@ -400,16 +437,24 @@ class _Exchange:
             self.request.finish()
             return
         self._log.warn(
-            "Backend {source} failed during the response body of {target}: {why}; "
-            "closing the client connection",
+            "Backend {source} failed during the response body of {target}: {why}",
             source=self.backend.name,
             target=self.target.decode("latin-1"),
             why=reason.getErrorMessage(),
         )
-        # Never complete a truncated response: the client must see it cut.
-        transport = getattr(self.request.channel, "transport", None)
-        if transport is not None:
-            transport.abortConnection()
+        request = self.request
+        if not request.startedWriting:
+            # Nothing reached the client yet: it can still get a clean 502.
+            date = request.responseHeaders.getRawHeaders(b"date")
+            request.responseHeaders = Headers({b"date": date} if date else {})
+            self._error(502)
+            return
+        # Never complete a truncated response: the client must see it cut,
+        # after what was relayed so far (so close, not abort, which would
+        # drop the buffered head and body too).
+        channel = request.channel
+        if channel is not None:
+            channel.loseConnection()
 
     def _client_gone(self, reason: Failure) -> None:
         self.gone = True

@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString
-from twisted.web.server import Request
+from twisted.web.server import Request, version as twisted_version
 
 from ._errorpages import reason_phrase
 from ._streams import RequestBody
@@ -149,7 +149,20 @@ class ProxyRequest(Request):
         super().requestReceived(command, path, version)
 
     def write(self, data: bytes) -> None:
-        if not self.startedWriting and self.header_overrides:
+        if not self.startedWriting:
+            self._before_head()
+        super().write(data)
+
+    def _before_head(self) -> None:
+        """
+        Last touches to the response head, whoever wrote the response.
+        """
+        tokens = getattr(self.channel.site, "server_tokens", None)
+        if tokens is not None and self.responseHeaders.getRawHeaders(b"server") == [twisted_version]:
+            # Twisted's Request.process names Twisted; handlers that do not
+            # set their own Server (files, redirects, errors) say ours.
+            self.responseHeaders.setRawHeaders(b"server", [tokens])
+        if self.header_overrides:
             # An internal redirect's kept headers replace the target's own,
             # unless the target failed (its error page is HTML, whatever
             # the backend said the file would be).
@@ -157,7 +170,6 @@ class ProxyRequest(Request):
                 for name, values in self.header_overrides:
                     self.responseHeaders.setRawHeaders(name, values)
             self.header_overrides = []
-        super().write(data)
 
     def finish(self) -> None:
         if self.body_stream is not None and not self.body_stream.complete:

@@ -256,7 +256,7 @@ def _handler(
     balancer = make_balancer(
         settings.balancer, [(name, sources[name].weight) for name in settings.sources]
     )
-    return ReverseProxyResource(
+    resource = ReverseProxyResource(
         backends,
         settings,
         balancer,
@@ -266,3 +266,8 @@ def _handler(
         server_tokens=config.server.server_tokens.encode("ascii"),
         name=rule.name,
     )
+    checker = resource.health_checker()
+    if checker is not None:
+        checker.setName(f"health:{rule.name}")
+        checker.setServiceParent(service)
+    return resource

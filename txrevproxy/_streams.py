@@ -192,7 +192,9 @@ class ResponseRelay(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
         self._disarm()
-        self._request.unregisterProducer()
+        if self._request.channel is not None:
+            # (No channel: the client is gone and took its producer along.)
+            self._request.unregisterProducer()
         if self._stopped:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
