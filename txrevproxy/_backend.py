@@ -15,63 +15,22 @@ from typing import Any, Optional
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.ssl import CertificateOptions, optionsForClientTLS, Certificate
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import IAgent, IAgentEndpointFactory
+from twisted.web.client import HTTPConnectionPool, URI
+from twisted.web._newclient import Request
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ._config import ProxySettings, SourceAddress, SourceConfig
+from ._endpoints import source_endpoint
 
-__all__ = ["Backend", "AgentFactory", "make_agent", "make_pool", "source_endpoint"]
+__all__ = ["Backend", "AgentFactory", "SourceAgent", "make_agent", "make_pool"]
 
 AgentFactory = Callable[[SourceConfig, ProxySettings], IAgent]
 
 _log = Logger()
-
-
-def _tls_options(source: SourceConfig) -> Any:
-    host = source.address.host
-    if not source.tls_verify:
-        # CertificateOptions without verify=True skips certificate checks.
-        return CertificateOptions()
-    trust = None
-    if source.tls_ca is not None:
-        with open(source.tls_ca, "rb") as f:
-            trust = Certificate.loadPEM(f.read())
-    return optionsForClientTLS(host, trustRoot=trust)
-
-
-def source_endpoint(
-    reactor: Any, source: SourceConfig, timeout: float, tls: bool = True
-) -> IStreamClientEndpoint:
-    """
-    The client endpoint that reaches a source: TCP (with TLS for
-    C{https://} unless C{tls} is false) or a Unix socket.
-    """
-    address = source.address
-    if address.scheme == "unix":
-        return UNIXClientEndpoint(reactor, address.path, timeout=timeout)
-    endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=timeout)
-    if address.scheme == "https" and tls:
-        return wrapClientTLS(_tls_options(source), endpoint)
-    return endpoint
-
-
-@implementer(IAgentEndpointFactory)
-@attrs.frozen
-class _FixedEndpoint:
-    """
-    Every URI goes to the one endpoint of a source: the URI only names the
-    pool key, the endpoint decides where bytes go.
-    """
-
-    endpoint: IStreamClientEndpoint
-
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        return self.endpoint
 
 
 def make_pool(reactor: Any, settings: ProxySettings) -> HTTPConnectionPool:
@@ -85,6 +44,44 @@ def make_pool(reactor: Any, settings: ProxySettings) -> HTTPConnectionPool:
     return pool
 
 
+@implementer(IAgent)
+@attrs.frozen
+class SourceAgent:
+    """
+    An L{IAgent} for one source: every request goes to its endpoint over
+    its pool.
+
+    Unlike L{twisted.web.client.Agent} it sends the request target exactly
+    as given (Agent re-serialises the URI, which drops an empty C{?}), adds
+    no C{Host} (the proxy always sets one) and does no per-request URI
+    parsing or endpoint lookup: the source is known in advance.
+
+    @ivar prefix: The C{scheme://authority} that URIs for this source start
+        with; what follows it is the request target.
+    """
+
+    pool: HTTPConnectionPool
+    endpoint: IStreamClientEndpoint
+    prefix: bytes
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Optional[Headers] = None,
+        bodyProducer: Optional[IBodyProducer] = None,
+    ) -> Deferred[IResponse]:
+        if uri.startswith(self.prefix):
+            target = uri[len(self.prefix) :] or b"/"
+        else:
+            target = URI.fromBytes(uri).originForm
+        persistent = self.pool.persistent
+        request = Request(method, target, headers or Headers(), bodyProducer, persistent)
+        d = self.pool.getConnection(self.prefix, self.endpoint)
+        d.addCallback(lambda protocol: protocol.request(request))
+        return d
+
+
 def make_agent(
     reactor: Any, source: SourceConfig, settings: ProxySettings, pool: HTTPConnectionPool
 ) -> IAgent:
@@ -92,15 +89,13 @@ def make_agent(
     Build the agent for one source of one rule, sending over C{pool}.
     """
     endpoint = source_endpoint(reactor, source, settings.connect_timeout)
-    if source.address.scheme == "https" and not source.tls_verify:
-        _log.warn(
-            "Source {source}: TLS certificate verification is off (tls_verify = no)",
-            source=source.name,
-        )
-    return Agent.usingEndpointFactory(reactor, _FixedEndpoint(endpoint), pool=pool)
+    return SourceAgent(pool, endpoint, uri_prefix(source.address))
 
 
-def _uri_prefix(address: SourceAddress) -> bytes:
+def uri_prefix(address: SourceAddress) -> bytes:
+    """
+    The C{scheme://authority} of URIs naming a source.
+    """
     if address.scheme == "unix":
         return b"http://unix"
     return str(address).encode("ascii")
@@ -135,11 +130,11 @@ class Backend:
         The backend for a source, sending through C{agent}.
         """
         if interpreter is None:
-            return cls(source.name, source.address.host_header, _uri_prefix(source.address), agent)
+            return cls(source.name, source.address.host_header, uri_prefix(source.address), agent)
         return cls(
             source.name,
             source.address.host_header,
-            _uri_prefix(source.address),
+            uri_prefix(source.address),
             agent,
             interpreter.whenReady,
             lambda: interpreter.ready,

@@ -190,6 +190,13 @@ class SourceConfig:
         if value is not None:
             _check(os.path.isfile(value), "tls_ca", f"{value!r} is not a file")
             _check(self.address.scheme == "https", "tls_ca", "applies to https:// addresses only")
+            # Imported here: the endpoints module needs this one first.
+            from ._endpoints import load_ca_certificates
+
+            try:
+                load_ca_certificates(value)
+            except (OSError, ValueError) as e:
+                raise FieldError("tls_ca", str(e)) from None
 
     @interpreter.validator
     def _interpreter(self, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:

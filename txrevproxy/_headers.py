@@ -200,8 +200,9 @@ class HeaderPolicy:
                         kept[name] = values
                 continue
             out.extend((name, value) for value in values)
-        address = b"" if peer.address is None else str(peer.address).encode("ascii")
-        client = b"" if peer.client is None else str(peer.client).encode("ascii")
+        # A client on a Unix socket is "unix:", as nginx's $remote_addr.
+        address = b"unix:" if peer.address is None else str(peer.address).encode("ascii")
+        client = b"unix:" if peer.client is None else str(peer.client).encode("ascii")
         out.append((b"X-Forwarded-For", b", ".join(chain + [address]) if chain else address))
         out.append((b"X-Real-IP", client))
         for name, default in (

@@ -26,6 +26,7 @@ from twisted.web.client import (
     FileBodyProducer,
     RequestNotSent,
     RequestTransmissionFailed,
+    ResponseFailed,
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
@@ -312,6 +313,10 @@ class _Exchange:
             return f"connect timeout ({self.proxy.settings.connect_timeout:g} s)"
         if reason.check(SpawnFailed):
             return "interpreter not running"
+        if reason.check(ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed):
+            # Agent wraps the real causes in a list of failures.
+            causes = [f.getErrorMessage() or f.type.__name__ for f in reason.value.reasons]
+            return f"{reason.type.__name__}: " + "; ".join(causes)
         return reason.getErrorMessage() or reason.type.__name__
 
     def _retryable(self, reason: Failure) -> bool:
@@ -453,7 +458,11 @@ class _Exchange:
         # after what was relayed so far (so close, not abort, which would
         # drop the buffered head and body too).
         channel = request.channel
-        if channel is not None:
+        if channel is None:
+            return
+        if request.clientproto == b"HTTP/2":
+            channel.abortConnection()  # resets the stream; the connection lives
+        else:
             channel.loseConnection()
 
     def _client_gone(self, reason: Failure) -> None:

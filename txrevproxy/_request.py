@@ -130,7 +130,10 @@ class ProxyRequest(Request):
 
     def _error(self, status: int) -> None:
         self.setResponseCode(status)
-        self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        if self.clientproto != b"HTTP/2":
+            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        if status == 405:
+            self.responseHeaders.setRawHeaders(b"allow", [_ALLOW])
         body = self.channel.site.error_body(self.getHeader(b"host") or b"", status, self.method)
         for name, values in body[0]:
             self.responseHeaders.setRawHeaders(name, values)
@@ -142,11 +145,31 @@ class ProxyRequest(Request):
             self.body_stream.finish()
             return
         if self._too_large:
-            self.method, self.uri, self.clientproto = command, path, version
-            self.channel.persistent = False
-            self._error(413)
+            self._refuse(command, path, version, 413)
             return
+        if not isinstance(self.channel, ProxyChannel):
+            # HTTP/2: the head arrives whole, body read, through H2Stream;
+            # it gets the same checks an HTTP/1.1 head gets in the channel.
+            if path is None:
+                self._refuse(command, b"*", version, 405)  # CONNECT
+                return
+            headers = [(n, v) for n, vs in self.requestHeaders.getAllRawHeaders() for v in vs]
+            verdict = validate_head(command, path, version, headers)
+            if isinstance(verdict, Rejection):
+                _log.info("Rejected an HTTP/2 request: {status} ({reason})",
+                          status=verdict.status, reason=verdict.reason)
+                self._refuse(command, path, version, verdict.status)
+                return
+            for name in verdict.dropped:
+                self.requestHeaders.removeHeader(name)
         super().requestReceived(command, path, version)
+
+    def _refuse(self, command: bytes, path: bytes, version: bytes, status: int) -> None:
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path = path.partition(b"?")[0]
+        if isinstance(self.channel, ProxyChannel):
+            self.channel.persistent = False
+        self._error(status)
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:

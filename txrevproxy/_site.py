@@ -23,7 +23,8 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
-from ._backend import AgentFactory, Backend, make_agent, make_pool, source_endpoint
+from ._backend import AgentFactory, Backend, make_agent, make_pool
+from ._endpoints import source_endpoint
 from ._balancers import make_balancer
 from ._config import Configuration, ProxySettings, RuleConfig, SourceConfig, VServerConfig
 from ._errorpages import ErrorPages
@@ -183,6 +184,11 @@ def build(
     factory = agent_factory or default_factory
     interpreters = {}
     for source in config.sources:
+        if source.address.scheme == "https" and not source.tls_verify:
+            _log.warn(
+                "Source {source}: TLS certificate verification is off (tls_verify = no)",
+                source=source.name,
+            )
         if source.type == "interpreter":
             interpreter = Interpreter(
                 source.name,
@@ -196,7 +202,8 @@ def build(
             interpreter.setServiceParent(service)
             interpreters[source.name] = interpreter
     vservers = [
-        _vserver(config, vserver, reactor, factory, interpreters) for vserver in config.vservers
+        _vserver(config, vserver, reactor, factory, interpreters, service)
+        for vserver in config.vservers
     ]
     root = VirtualHosts(vservers, config.server.trusted_proxies)
     access_log = config.server.access_log
@@ -221,10 +228,11 @@ def _vserver(
     reactor: Any,
     factory: AgentFactory,
     interpreters: Mapping[str, Interpreter],
+    service: MultiService,
 ) -> VServer:
     pages = ErrorPages(vserver.error_pages)
     routes = tuple(
-        Route(rule, _handler(config, vserver, rule, pages, reactor, factory, interpreters))
+        Route(rule, _handler(config, vserver, rule, pages, reactor, factory, interpreters, service))
         for rule in config.rules_of(vserver.name)
     )
     return VServer(vserver.name, vserver.hosts, routes, pages)
@@ -238,6 +246,7 @@ def _handler(
     reactor: Any,
     factory: AgentFactory,
     interpreters: Mapping[str, Interpreter],
+    service: MultiService,
 ) -> IResource:
     if rule.handler == "file":
         root = rule.document_root or vserver.document_root
