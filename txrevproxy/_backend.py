@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from ._config import ProxySettings, SourceAddress, SourceConfig
 from ._endpoints import source_endpoint
+from ._hygiene import StrictPool
 
 __all__ = ["Backend", "AgentFactory", "SourceAgent", "make_agent", "make_pool"]
 
@@ -37,7 +38,7 @@ def make_pool(reactor: Any, settings: ProxySettings) -> HTTPConnectionPool:
     """
     The keep-alive pool a rule's settings ask for.
     """
-    pool = HTTPConnectionPool(reactor, persistent=settings.allow_keepalive)
+    pool = StrictPool(reactor, persistent=settings.allow_keepalive)
     pool.maxPersistentPerHost = settings.reuse_connections
     pool.cachedConnectionTimeout = settings.keepalive_timeout
     pool.retryAutomatically = True

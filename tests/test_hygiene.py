@@ -1,0 +1,174 @@
+"""
+Backend response hygiene end to end: a raw backend sends responses a proxy
+must not relay, and the client must get a 502 (or the cleaned response),
+never the ambiguity.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from txrevproxy import build, parse_config
+
+
+class _Canned(Protocol):
+    """
+    Answers every request head with the factory's next canned response.
+    """
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            _, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            self.transport.write(self.factory.answers.pop(0))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.closed += 1
+
+
+def _exchange(port: int, count: int = 1) -> list[bytes]:
+    """
+    Send C{count} GETs on one connection, one after the other; return the
+    raw response to each (until it is complete or the connection closes).
+    """
+    responses = []
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        for _ in range(count):
+            s.sendall(b"GET / HTTP/1.1\r\nHost: client\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = [l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+            want = int(length[0].split(b":")[1]) if length else 0
+            while len(body) < want:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+            responses.append(head + b"\r\n\r\n" + body)
+    return responses
+
+
+class HygieneTests(TestCase):
+    timeout = 15
+
+    def setUp(self) -> None:
+        self.backend = Factory.forProtocol(_Canned)
+        self.backend.connections = self.backend.closed = 0
+        self.backend.answers = []
+        port = reactor.listenTCP(0, self.backend, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        config = parse_config(
+            f"""
+[server]
+access_log = off
+[source:b]
+address = 127.0.0.1:{port.getHost().port}
+[rule:all]
+match = default
+handler = proxy
+sources = b
+"""
+        )
+        runtime = build(config, reactor)
+        runtime.service.startService()
+        self.addCleanup(runtime.service.stopService)
+        listening = reactor.listenTCP(0, runtime.site, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        self.port = listening.getHost().port
+
+    def answer(self, *responses: bytes, count: int = 1) -> Any:
+        self.backend.answers.extend(responses)
+        return deferToThread(_exchange, self.port, count)
+
+    @inlineCallbacks
+    def assertRefused(self, raw: bytes) -> Any:
+        [response] = yield self.answer(raw)
+        self.assertTrue(response.startswith(b"HTTP/1.1 502 "), response[:80])
+        self.assertNotIn(b"secret", response)
+        self.assertEqual(self.backend.closed, 1, "the backend connection must be dropped")
+
+    def test_lengthAndChunked(self) -> Any:
+        return self.assertRefused(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"6\r\nsecret\r\n0\r\n\r\n"
+        )
+
+    def test_otherCoding(self) -> Any:
+        return self.assertRefused(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nsecret")
+
+    def test_twoCodings(self) -> Any:
+        return self.assertRefused(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"6\r\nsecret\r\n0\r\n\r\n"
+        )
+
+    def test_repeatedLength(self) -> Any:
+        return self.assertRefused(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nContent-Length: 6\r\n\r\nsecret"
+        )
+
+    def test_badLength(self) -> Any:
+        return self.assertRefused(b"HTTP/1.1 200 OK\r\nContent-Length: +6\r\n\r\nsecret")
+
+    def test_badChunk(self) -> Any:
+        return self.assertRefused(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nsecret\r\n0\r\n\r\n"
+        )
+
+    def test_badStatusLine(self) -> Any:
+        return self.assertRefused(b"HTTP/1.1 two hundred\r\nContent-Length: 6\r\n\r\nsecret")
+
+    def test_unsolicitedSwitch(self) -> Any:
+        return self.assertRefused(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nsecret"
+        )
+
+    def test_controlByte(self) -> Any:
+        return self.assertRefused(b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 6\r\n\r\nsecret")
+
+    def test_hugeHead(self) -> Any:
+        headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 1000) for i in range(80))
+        return self.assertRefused(b"HTTP/1.1 200 OK\r\n" + headers + b"Content-Length: 6\r\n\r\nsecret")
+
+    @inlineCallbacks
+    def test_interimIgnored(self) -> Any:
+        """
+        A 100 or 103 before the answer is not relayed; the answer is.
+        """
+        [response] = yield self.answer(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        )
+        self.assertTrue(response.startswith(b"HTTP/1.1 200 OK\r\n"), response)
+        self.assertTrue(response.endswith(b"\r\n\r\nok"))
+        self.assertNotIn(b"Early", response)
+
+    @inlineCallbacks
+    def test_connectionTokens(self) -> Any:
+        """
+        The fields a backend's C{Connection} names never reach the client,
+        and C{Close} in any case keeps the connection out of the pool.
+        """
+        ok = b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, X-Secret\r\nX-Secret: 1\r\nX-Kept: 2\r\nContent-Length: 2\r\n\r\nok"
+        closing = b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 2\r\n\r\nok"
+        first, second, third = yield self.answer(ok, closing, ok, count=3)
+        self.assertNotIn(b"X-Secret", first)
+        self.assertIn(b"X-Kept: 2", first)
+        self.assertTrue(third.endswith(b"ok"))
+        self.assertEqual(self.backend.connections, 2, "the closed connection must not be reused")

@@ -1,0 +1,114 @@
+# -*- test-case-name: tests.test_hygiene -*-
+"""
+Backend response hygiene: a keep-alive pool whose connections refuse
+responses a proxy must not relay.
+
+Twisted's client parser is lenient where a proxy must be strict (security
+§1.5): with both C{Content-Length} and C{Transfer-Encoding} it silently
+picks one; it swallows an unsolicited C{101} and waits for more; it hides
+a backend's C{Connection} header, so the fields that header names would
+reach the client; and it only sees C{Connection: close} spelt exactly so.
+The connections of L{StrictPool} parse with L{StrictParser}, which fails
+such a response (the proxy answers 502 and the connection is dropped,
+never reused), removes the fields C{Connection} names, and hands the pool
+a C{close} it will understand.
+
+This leans on three private names of C{twisted.web} (the pool's
+C{_factory}, its factory class, and the protocol's C{_parser}), all in
+this one module and covered by its tests, so a Twisted change that moves
+them fails loudly here rather than quietly elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+from ._headers import connection_tokens
+
+__all__ = ["BadResponse", "StrictParser", "StrictPool", "MAX_RESPONSE_HEAD"]
+
+MAX_RESPONSE_HEAD = 65536
+
+
+class BadResponse(Exception):
+    """
+    A backend response whose framing or head is ambiguous or not allowed.
+    """
+
+
+class StrictParser(HTTPClientParser):
+    """
+    L{HTTPClientParser}, refusing what a proxy must not pass on.
+    """
+
+    _head_size = 0
+
+    def lineReceived(self, line: bytes) -> None:
+        self._head_size += len(line) + 2
+        if self._head_size > MAX_RESPONSE_HEAD:
+            raise BadResponse(f"response head larger than {MAX_RESPONSE_HEAD} bytes")
+        super().lineReceived(line)
+
+    def headerReceived(self, name: bytes, value: bytes) -> None:
+        if any(c < 0x20 and c != 0x09 or c == 0x7F for c in value):
+            raise BadResponse(f"control byte in the {name!r} header")
+        super().headerReceived(name, value)
+
+    def allHeadersReceived(self) -> None:
+        code = self.response.code
+        if code == 101:
+            # The proxy never asks for an upgrade (Upgrade is stripped).
+            raise BadResponse("unsolicited 101 Switching Protocols")
+        if 100 <= code < 200:
+            self._head_size = 0
+            super().allHeadersReceived()  # ignored; the real answer follows
+            return
+        connection = self.connHeaders
+        lengths = connection.getRawHeaders(b"content-length", [])
+        codings = connection.getRawHeaders(b"transfer-encoding", [])
+        if lengths and codings:
+            raise BadResponse("both Content-Length and Transfer-Encoding")
+        if len(codings) > 1 or (codings and codings[0].strip().lower() != b"chunked"):
+            raise BadResponse(f"Transfer-Encoding other than chunked: {codings!r}")
+        if len(lengths) > 1 or (lengths and not lengths[0].strip().isdigit()):
+            raise BadResponse(f"invalid or repeated Content-Length: {lengths!r}")
+        tokens = connection_tokens(connection.getRawHeaders(b"connection", []))
+        for token in tokens - self.CONNECTION_CONTROL_HEADERS:
+            self.headers.removeHeader(token)
+        if b"close" in tokens:
+            # Twisted compares the raw value with b"close" exactly.
+            connection.setRawHeaders(b"connection", [b"close"])
+        super().allHeadersReceived()
+
+
+class _StrictProtocol(HTTP11ClientProtocol):
+    """
+    An L{HTTP11ClientProtocol} whose responses are parsed by L{StrictParser}.
+    """
+
+    def request(self, request: Any) -> Any:
+        result = super().request(request)
+        parser = getattr(self, "_parser", None)
+        if type(parser) is HTTPClientParser:
+            # The parser is created inside request() and has seen no byte
+            # yet; giving it our subclass changes nothing else about it.
+            parser.__class__ = StrictParser
+        return result
+
+
+class _StrictFactory(_HTTP11ClientFactory):
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _StrictProtocol(self._quiescentCallback)
+
+
+class StrictPool(HTTPConnectionPool):
+    """
+    An L{HTTPConnectionPool} whose connections parse strictly.
+    """
+
+    _factory = _StrictFactory
