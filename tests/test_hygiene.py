@@ -172,3 +172,77 @@ sources = b
         self.assertIn(b"X-Kept: 2", first)
         self.assertTrue(third.endswith(b"ok"))
         self.assertEqual(self.backend.connections, 2, "the closed connection must not be reused")
+
+
+class KeepAliveTimeoutTests(TestCase):
+    """
+    The pool honours a backend's C{Keep-Alive: timeout=N}.
+    """
+
+    def test_parsed(self) -> None:
+        from txrevproxy._hygiene import _keepalive_timeout
+
+        self.assertEqual(_keepalive_timeout([b"timeout=5, max=100"]), 5.0)
+        self.assertEqual(_keepalive_timeout([b"max=100", b" Timeout = 2"]), 2.0)
+        self.assertIsNone(_keepalive_timeout([b"max=100"]))
+        self.assertIsNone(_keepalive_timeout([b"timeout=soon"]))
+
+    @inlineCallbacks
+    def test_evictedBeforeBackendTimeout(self) -> Any:
+        """
+        A connection whose backend said C{timeout=2} leaves the pool after
+        one second idle, although keepalive_timeout is 4.
+        """
+        from twisted.internet.defer import Deferred
+
+        backend = Factory.forProtocol(_Canned)
+        backend.connections = backend.closed = 0
+        backend.answers = [
+            b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ]
+        port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        config = parse_config(
+            f"[source:b]\naddress = 127.0.0.1:{port.getHost().port}\n"
+            "[rule:all]\nmatch = default\nhandler = proxy\nsources = b\n"
+        )
+        runtime = build(config, reactor)
+        runtime.service.startService()
+        self.addCleanup(runtime.service.stopService)
+        listening = reactor.listenTCP(0, runtime.site, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        [first] = yield deferToThread(_exchange, listening.getHost().port)
+        self.assertTrue(first.endswith(b"ok"))
+        d: Deferred[None] = Deferred()
+        reactor.callLater(1.3, d.callback, None)
+        yield d
+        self.assertEqual(backend.closed, 1, "the idle connection should be closed by now")
+        [second] = yield deferToThread(_exchange, listening.getHost().port)
+        self.assertTrue(second.endswith(b"ok"))
+        self.assertEqual(backend.connections, 2)
+
+    @inlineCallbacks
+    def test_reuseNone(self) -> Any:
+        """
+        C{reuse_connections = 0} keeps no idle connection, and says so
+        without an error: each request gets a new backend connection.
+        """
+        backend = Factory.forProtocol(_Canned)
+        backend.connections = backend.closed = 0
+        backend.answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"] * 2
+        port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        config = parse_config(
+            f"[source:b]\naddress = 127.0.0.1:{port.getHost().port}\n"
+            "[rule:all]\nmatch = default\nhandler = proxy\nsources = b\nreuse_connections = 0\n"
+        )
+        runtime = build(config, reactor)
+        runtime.service.startService()
+        self.addCleanup(runtime.service.stopService)
+        listening = reactor.listenTCP(0, runtime.site, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        responses = yield deferToThread(_exchange, listening.getHost().port, 2)
+        self.assertTrue(all(r.endswith(b"ok") for r in responses))
+        self.assertEqual(backend.connections, 2)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)

@@ -81,13 +81,34 @@ class StrictParser(HTTPClientParser):
         if b"close" in tokens:
             # Twisted compares the raw value with b"close" exactly.
             connection.setRawHeaders(b"connection", [b"close"])
+        protocol = getattr(self, "protocol", None)
+        if protocol is not None:
+            protocol.idle_limit = _keepalive_timeout(connection.getRawHeaders(b"keep-alive", []))
         super().allHeadersReceived()
+
+
+def _keepalive_timeout(values: list[bytes]) -> float | None:
+    """
+    The C{timeout=N} of a backend's C{Keep-Alive} header: how long it keeps
+    an idle connection open.
+    """
+    for value in values:
+        for parameter in value.split(b","):
+            name, _, number = parameter.strip().partition(b"=")
+            if name.strip().lower() == b"timeout" and number.strip().isdigit():
+                return float(number.strip())
+    return None
 
 
 class _StrictProtocol(HTTP11ClientProtocol):
     """
     An L{HTTP11ClientProtocol} whose responses are parsed by L{StrictParser}.
+
+    @ivar idle_limit: How long the backend said (C{Keep-Alive: timeout=N})
+        it keeps this connection open when idle, if it said.
     """
+
+    idle_limit: float | None = None
 
     def request(self, request: Any) -> Any:
         result = super().request(request)
@@ -96,6 +117,7 @@ class _StrictProtocol(HTTP11ClientProtocol):
             # The parser is created inside request() and has seen no byte
             # yet; giving it our subclass changes nothing else about it.
             parser.__class__ = StrictParser
+            parser.protocol = self
         return result
 
 
@@ -108,7 +130,22 @@ class _StrictFactory(_HTTP11ClientFactory):
 
 class StrictPool(HTTPConnectionPool):
     """
-    An L{HTTPConnectionPool} whose connections parse strictly.
+    An L{HTTPConnectionPool} whose connections parse strictly, and which
+    lets an idle connection go a second before the backend's advertised
+    C{Keep-Alive} timeout, so that the backend's close never races a new
+    request on it.
     """
 
     _factory = _StrictFactory
+
+    def _putConnection(self, key: Any, connection: Any) -> None:
+        if self.maxPersistentPerHost == 0:
+            # reuse_connections = 0: nothing is kept (Twisted's pool would
+            # fail to evict from an empty list).
+            connection.transport.loseConnection()
+            return
+        super()._putConnection(key, connection)
+        limit = getattr(connection, "idle_limit", None)
+        timer = self._timeouts.get(connection)
+        if limit is not None and timer is not None and limit - 1 < self.cachedConnectionTimeout:
+            timer.reset(max(limit - 1, limit / 2))
