@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -101,6 +102,11 @@ sources = b
         [response] = yield self.answer(raw)
         self.assertTrue(response.startswith(b"HTTP/1.1 502 "), response[:80])
         self.assertNotIn(b"secret", response)
+        # The client may hear the 502 before the backend hears the close.
+        for _ in range(40):
+            if self.backend.closed:
+                break
+            yield deferLater(reactor, 0.05)
         self.assertEqual(self.backend.closed, 1, "the backend connection must be dropped")
 
     def test_lengthAndChunked(self) -> Any:
