@@ -27,6 +27,7 @@ from ._config import (
     VServerConfig,
 )
 from ._rules import parse_condition
+from ._workers import parse_tcp
 from ._values import (
     parse_argv,
     parse_bool,
@@ -270,6 +271,12 @@ def parse_config(text: str, path: str = "<config>") -> Configuration:
     if not any(v.name == "default" for v in vservers):
         vservers.append(VServerConfig("default"))
     _check_references(reader, sources, vservers, rules)
+    if server.workers > 1:
+        for description in server.listen:
+            try:
+                parse_tcp(description)
+            except ValueError as e:
+                raise reader.error(str(e), "server", "workers") from None
     try:
         return Configuration(server=server, sources=sources, vservers=vservers, rules=rules, path=path)
     except FieldError as e:

@@ -163,6 +163,7 @@ def build(
     config: Configuration,
     reactor: Any,
     agent_factory: Optional[AgentFactory] = None,
+    start_interpreters: bool = True,
 ) -> Runtime:
     """
     Build the site and services for a configuration.
@@ -171,6 +172,9 @@ def build(
     @param agent_factory: Makes the L{IAgent} for one source of one proxy
         rule; the default makes an L{Agent} with its own keep-alive pool.
         Tests pass agents that reach in-memory backends.
+    @param start_interpreters: Whether this process starts and supervises
+        the interpreter sources; a worker process does not, and reaches
+        them as plain backends.
     """
     service = MultiService()
     pools = _Pools()
@@ -189,7 +193,7 @@ def build(
                 "Source {source}: TLS certificate verification is off (tls_verify = no)",
                 source=source.name,
             )
-        if source.type == "interpreter":
+        if source.type == "interpreter" and start_interpreters:
             interpreter = Interpreter(
                 source.name,
                 source.interpreter,

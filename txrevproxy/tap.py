@@ -18,6 +18,7 @@ from ._config import Configuration
 from ._loader import ConfigError, load_config
 from ._site import build
 from ._summary import summary
+from ._workers import ParentWatch, parse_tcp, shared_listener, worker_supervisors
 
 __all__ = ["Options", "makeService"]
 
@@ -32,6 +33,7 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "An HTTP reverse proxy and load balancer configured by an INI file."
     optParameters = [["config", "c", "conf/site.ini", "The configuration file."]]
+    optFlags = [["worker", None, "(internal) Run as a worker process of [server] workers."]]
     compData = usage.Completions(optActions={"config": usage.CompleteFiles("*.ini")})
 
     configuration: Optional[Configuration] = None
@@ -55,9 +57,23 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = installed
     config = options.configuration or load_config(options["config"])
-    runtime = build(config, reactor)
+    worker = bool(options["worker"])
+    # Interpreter sources belong to the first process; workers reach them.
+    runtime = build(config, reactor, start_interpreters=not worker)
     service = MultiService()
     runtime.service.setServiceParent(service)
+    if config.server.workers > 1:
+        for description in config.server.listen:
+            shared_listener(reactor, description, runtime.site).setServiceParent(service)
+        if worker:
+            ParentWatch(reactor).setServiceParent(service)
+            return service
+        probe = parse_tcp(config.server.listen[0])
+        path = config.path or options["config"]
+        worker_supervisors(reactor, path, config.server.workers - 1, probe, service)
+        for line in summary(config):
+            _log.info("{line}", line=line)
+        return service
     for description in config.server.listen:
         try:
             listener = strports.service(description, runtime.site, reactor=reactor)
