@@ -210,7 +210,8 @@ class HeaderPolicy:
             (b"x-forwarded-proto", b"https" if peer.tls else b"http"),
             (b"x-forwarded-ssl", b"on" if peer.tls else b"off"),
         ):
-            out.extend((name, value) for value in kept.get(name, (default,)))
+            # (An HTTP/1.0 request may have no Host: nothing to forward.)
+            out.extend((name, value) for value in kept.get(name, (default,)) if value)
         if self._request_replaced:
             # Hide and add apply last: they can remove or replace the
             # proxy's own Host and forwarding headers too.

@@ -404,7 +404,9 @@ class _Exchange:
             length = response.headers.getRawHeaders(b"content-length")
             if length:
                 out.setRawHeaders(b"content-length", length[-1:])
-        elif isinstance(response.length, int):
+        elif isinstance(response.length, int) and response.code not in (204, 304):
+            # (A 304's length would be that of the 200 it stands for, which
+            # Agent does not keep: it is left out, as RFC 9110 §8.6 allows.)
             out.setRawHeaders(b"content-length", [b"%d" % response.length])
         if isinstance(self.body, RequestBody) and not self.body.complete:
             request.channel.persistent = False
