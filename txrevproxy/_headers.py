@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import attrs
 
 from ._rules import IPAddress
-from ._values import Network, Rewrite
+from ._values import Network, Rewrite, apply_rewrites
 
 __all__ = [
     "HOP_BY_HOP",
@@ -30,6 +31,7 @@ __all__ = [
     "Peer",
     "client_address",
     "connection_tokens",
+    "request_peer",
 ]
 
 Pairs = list[tuple[bytes, bytes]]
@@ -128,13 +130,30 @@ def client_address(
     return peer
 
 
-def _rewrite(rewrites: Sequence[Rewrite], value: bytes) -> bytes:
-    text = value.decode("latin-1")
-    for rewrite in rewrites:
-        result = rewrite.apply(text)
-        if result is not None:
-            return result.encode("latin-1", "replace")
-    return value
+def request_peer(request: Any, trusted: Sequence[Network]) -> Peer:
+    """
+    The immediate peer, whether it is trusted, and the client address the
+    forwarding headers and C{from} conditions use; worked out once per
+    request.
+    """
+    peer = getattr(request, "_txrevproxy_peer", None)
+    if peer is None:
+        peer = request._txrevproxy_peer = _peer(request, trusted)
+    return peer
+
+
+def _peer(request: Any, trusted: Sequence[Network]) -> Peer:
+    host = getattr(request.getClientAddress(), "host", None)
+    try:
+        address = ipaddress.ip_address(host) if host else None
+    except ValueError:
+        address = None
+    trusted_peer = address is not None and any(address in net for net in trusted)
+    client = address
+    if trusted_peer:
+        chain = request.requestHeaders.getRawHeaders(b"x-forwarded-for", ())
+        client = client_address(address, chain, trusted)
+    return Peer(address, trusted_peer, client, request.isSecure())
 
 
 @attrs.frozen
@@ -239,7 +258,7 @@ class HeaderPolicy:
                 continue
             has_server = has_server or lower == b"server"
             if self.reply_rewrite and lower in (b"location", b"content-location"):
-                values = [_rewrite(self.reply_rewrite, v) for v in values]
+                values = [apply_rewrites(self.reply_rewrite, v) for v in values]
             out.extend((name, value) for value in values)
         if not has_server and self._own_server:
             out.append((b"Server", server_tokens))

@@ -21,6 +21,7 @@ import attrs
 __all__ = [
     "Network",
     "Rewrite",
+    "apply_rewrites",
     "parse_argv",
     "parse_bool",
     "parse_duration",
@@ -208,6 +209,22 @@ class Rewrite:
 def _template(replacement: str) -> str:
     # $1 and ${1} are the Cherokee/nginx spellings; re wants \g<1>.
     return _GROUP.sub(lambda m: "\\g<" + (m.group(1) or m.group(2)) + ">", replacement)
+
+
+def apply_rewrites(rewrites: Sequence[Rewrite], value: bytes) -> bytes:
+    """
+    Rewrite C{value} with the first of C{rewrites} whose pattern matches;
+    unchanged when none does.  Bytes are read as Latin-1, so any byte
+    survives the round trip.
+    """
+    if not rewrites:
+        return value
+    text = value.decode("latin-1")
+    for rewrite in rewrites:
+        result = rewrite.apply(text)
+        if result is not None:
+            return result.encode("latin-1", "replace")
+    return value
 
 
 def parse_rewrites(text: str) -> tuple[Rewrite, ...]:

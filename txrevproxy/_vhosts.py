@@ -20,7 +20,7 @@ from twisted.web.resource import IResource, Resource
 
 from ._config import RuleConfig
 from ._errorpages import ErrorPages
-from ._proxy import request_peer
+from ._headers import request_peer
 from ._rules import RequestFacts, matches_all, normalize_path
 from ._values import Network
 

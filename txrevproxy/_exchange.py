@@ -1,0 +1,379 @@
+# -*- test-case-name: tests.test_proxy_wire,tests.test_resilience -*-
+"""
+One proxied request from start to end: the attempts at the backends (with
+the retry rules of SPEC §3 "Dispatch"), and relaying the response, or the
+error page that replaces it.
+
+An L{Exchange} is made per request by the proxy resource and lives until
+the response is finished or the client is gone; everything it needs flows
+in at construction, and nothing flows back but the response.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    FileBodyProducer,
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
+
+from ._backend import Backend
+from ._headers import Peer
+from ._internal import KEPT_HEADERS, BadRedirect, TooManyRedirects, dispatch, redirect_value, validate_target
+from ._interpreter import SpawnFailed
+from ._streams import RequestBody, ResponseRelay
+
+if TYPE_CHECKING:
+    from ._proxy import ReverseProxyResource
+
+__all__ = ["Exchange", "IDEMPOTENT"]
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class Exchange:
+    """
+    One proxied request: its attempts at the backends and its response.
+    """
+
+    _log = Logger()
+
+    def __init__(self, proxy: ReverseProxyResource, request: Any, peer: Peer, target: bytes) -> None:
+        """
+        @param proxy: The resource whose settings, backends and balancer
+            this exchange uses.
+        @param peer: Who sent the request.
+        @param target: The request target to send (already rewritten).
+        """
+        self.proxy = proxy
+        self.request = request
+        self.peer = peer
+        self.target = target
+        self.tried: list[tuple[str, str]] = []
+        self.pending: Optional[Deferred[Any]] = None
+        self.relay: Optional[ResponseRelay] = None
+        self.gone = False
+        self.timed_out = False
+        self.timer: Optional[IDelayedCall] = None
+        self.fell_back = False
+        self.body = self._body()
+
+    def _body(self) -> Optional[IBodyProducer]:
+        if getattr(self.request, "internal_redirects", 0):
+            return None  # An internal redirect is a GET without a body.
+        stream = getattr(self.request, "body_stream", None)
+        if stream is not None:
+            return stream
+        content = self.request.content
+        if content is None:
+            return None
+        content.seek(0, 2)
+        if content.tell() == 0 and not self.request.requestHeaders.hasHeader(b"content-length"):
+            return None
+        content.seek(0)
+        return FileBodyProducer(content, cooperator=self.proxy.cooperator)
+
+    def start(self) -> None:
+        """
+        Send the request to the first backend the balancer picks.
+        """
+        request = self.request
+        request.notifyFinish().addErrback(self._client_gone)
+        self.client_host = request.getHeader(b"host") or b""
+        self.raw_headers = list(request.requestHeaders.getAllRawHeaders())
+        self._attempt()
+
+    # Dispatch.
+
+    def _choose(self) -> Optional[Backend]:
+        proxy = self.proxy
+        tried = {name for name, _ in self.tried}
+        untried = [b.name for b in proxy.backends if b.name not in tried]
+        if not untried:
+            return None
+        if not any(proxy.health.in_rotation(name) for name in untried):
+            # Every source left is out of rotation: one is tried anyway,
+            # once per request, rather than failing without trying.
+            if self.fell_back:
+                return None
+            self.fell_back = True
+        candidates = proxy.health.candidates(untried)
+        client = "" if self.peer.client is None else str(self.peer.client)
+        return proxy._by_name[proxy.balancer.choose(client, candidates)]
+
+    def _attempt(self) -> None:
+        self.timed_out = False
+        backend = self._choose()
+        if backend is None:
+            self._fail()
+            return
+        self.backend = backend
+        d = backend.when_ready()
+        d.addCallback(lambda _: self._send(backend))
+        d.addCallbacks(self._got_response, self._attempt_failed)
+        self.pending = d
+
+    def _send(self, backend: Backend) -> Deferred[IResponse]:
+        proxy, request = self.proxy, self.request
+        host = self.client_host if proxy.settings.preserve_host and self.client_host else backend.host
+        headers = proxy.policy.request_headers(self.raw_headers, host, self.client_host, self.peer)
+        raw: dict[bytes, list[bytes]] = {}
+        for name, value in headers:
+            raw.setdefault(name, []).append(value)
+        proxy.balancer.started(backend.name)
+        d = backend.agent.request(
+            request.method, backend.uri_prefix + self.target, Headers(raw), self.body
+        )
+        self.pending = d
+        self._start_timer(d)
+        d.addBoth(self._ended, backend)
+        return d
+
+    def _ended(self, result: Any, backend: Backend) -> Any:
+        self.proxy.balancer.finished(backend.name)
+        return result
+
+    def _start_timer(self, d: Deferred[Any]) -> None:
+        def expire() -> None:
+            self.timer = None
+            self.timed_out = True
+            d.cancel()
+
+        def arm() -> None:
+            if not d.called and not self.gone:
+                self.timer = self.proxy.reactor.callLater(self.proxy.settings.read_timeout, expire)
+
+        stream = self.body if isinstance(self.body, RequestBody) else None
+        if stream is None:
+            arm()
+        else:
+            stream.when_complete(arm)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+
+    def _attempt_failed(self, reason: Failure) -> None:
+        self._stop_timer()
+        if self.gone:
+            return
+        why = self._describe(reason)
+        self.tried.append((self.backend.name, why))
+        if self.timed_out or reason.check(ConnectError, ConnectTimeout, DNSLookupError):
+            # The source's own fault, on a new connection; a reset of a
+            # pooled connection or an HTTP error answer is not counted.
+            self.proxy.health.failed(self.backend.name, why)
+        if self._retryable(reason):
+            self._attempt()
+        else:
+            self._fail(reason)
+
+    def _describe(self, reason: Failure) -> str:
+        if self.timed_out:
+            return f"no response within read_timeout ({self.proxy.settings.read_timeout:g} s)"
+        if reason.check(ConnectTimeout):
+            return f"connect timeout ({self.proxy.settings.connect_timeout:g} s)"
+        if reason.check(SpawnFailed):
+            return "interpreter not running"
+        if reason.check(ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed):
+            # Agent wraps the real causes in a list of failures.
+            causes = [f.getErrorMessage() or f.type.__name__ for f in reason.value.reasons]
+            return f"{reason.type.__name__}: " + "; ".join(causes)
+        return reason.getErrorMessage() or reason.type.__name__
+
+    def _retryable(self, reason: Failure) -> bool:
+        """
+        Whether another source may be tried (SPEC §3 Dispatch): always when
+        nothing was sent; when the request went out but no response byte
+        came back, only for an idempotent method whose body has not begun
+        to stream.  Nothing has reached the client in either case.
+        """
+        if not self.timed_out and reason.check(ConnectError, DNSLookupError, SpawnFailed, RequestNotSent):
+            return True
+        if self.timed_out or reason.check(ResponseNeverReceived, RequestTransmissionFailed):
+            started = getattr(self.body, "started", self.body is not None)
+            return self.request.method in IDEMPOTENT and not started
+        return False
+
+    def _fail(self, reason: Optional[Failure] = None) -> None:
+        if self.timed_out or self._all_timeouts():
+            status = 504
+        elif reason is None and all(why == "interpreter not running" for _, why in self.tried):
+            status = 503
+        else:
+            status = 502
+        attempts = "; ".join(f"{name}: {why}" for name, why in self.tried) or "no source"
+        self._log.warn(
+            "{status} for {method} {target} (rule {rule}): {attempts}",
+            status=status,
+            method=self.request.method.decode("latin-1"),
+            target=self.target.decode("latin-1"),
+            rule=self.proxy.name,
+            attempts=attempts,
+        )
+        self._error(status)
+
+    def _all_timeouts(self) -> bool:
+        return bool(self.tried) and all("timeout" in why for _, why in self.tried)
+
+    def _error(self, status: int) -> None:
+        request = self.request
+        if self.gone:
+            return
+        if isinstance(self.body, RequestBody) and not self.body.complete:
+            # The rest of the body will not be read: the connection cannot
+            # carry another request.
+            request.channel.persistent = False
+        request.responseHeaders.setRawHeaders(b"server", [self.proxy.server_tokens])
+        body = self.proxy.pages.render(request, status)
+        request.write(body)
+        request.finish()
+
+    # Response.
+
+    def _got_response(self, response: IResponse) -> None:
+        self._stop_timer()
+        self.pending = None
+        self.proxy.health.succeeded(self.backend.name)
+        if self.gone:
+            response.deliverBody(_Discard())
+            return
+        request = self.request
+        proxy = self.proxy
+        if proxy.settings.x_sendfile:
+            value = redirect_value(response.headers)
+            if value is not None:
+                self._internal_redirect(response, value)
+                return
+        if proxy.settings.vserver_errors and response.code >= 400:
+            # The vserver's page replaces the backend's answer; the status
+            # stays.  1xx-3xx answers (a redirect's Location) never do.
+            response.deliverBody(_Drain())
+            self._error(response.code)
+            return
+        request.setResponseCode(response.code, response.phrase)
+        headers = proxy.policy.reply_headers(response.headers.getAllRawHeaders(), proxy.server_tokens)
+        out = request.responseHeaders
+        date = out.getRawHeaders(b"date")
+        raw: dict[bytes, list[bytes]] = {}
+        for name, value in headers:
+            raw.setdefault(name, []).append(value)
+        request.responseHeaders = out = Headers(raw)
+        if date:
+            out.setRawHeaders(b"date", date)
+        if request.method == b"HEAD":
+            # Agent leaves a HEAD answer's Content-Length among the headers.
+            length = response.headers.getRawHeaders(b"content-length")
+            if length:
+                out.setRawHeaders(b"content-length", length[-1:])
+        elif isinstance(response.length, int) and response.code not in (204, 304):
+            # (A 304's length would be that of the 200 it stands for, which
+            # Agent does not keep: it is left out, as RFC 9110 §8.6 allows.)
+            out.setRawHeaders(b"content-length", [b"%d" % response.length])
+        if isinstance(self.body, RequestBody) and not self.body.complete:
+            request.channel.persistent = False
+        self.relay = ResponseRelay(request, proxy.reactor, proxy.settings.read_timeout, self._relayed)
+        response.deliverBody(self.relay)
+
+    def _internal_redirect(self, response: IResponse, value: bytes) -> None:
+        response.deliverBody(_Drain())
+        kept = [
+            (name, response.headers.getRawHeaders(name))
+            for name in KEPT_HEADERS
+            if response.headers.hasHeader(name)
+        ]
+        try:
+            dispatch(self.request, validate_target(value), kept)
+        except BadRedirect as e:
+            self._log.warn(
+                "502 for {target}: backend {source} asked for an internal redirect to "
+                "{value!r}: {why}",
+                target=self.target.decode("latin-1"),
+                source=self.backend.name,
+                value=value,
+                why=str(e),
+            )
+            self._error(502)
+        except TooManyRedirects as e:
+            self._log.warn("500 for {target}: {why}", target=self.target.decode("latin-1"), why=str(e))
+            self._error(500)
+
+    def _relayed(self, reason: Optional[Failure]) -> None:
+        self.relay = None
+        if self.gone:
+            return
+        if reason is None:
+            self.request.finish()
+            return
+        self._log.warn(
+            "Backend {source} failed during the response body of {target}: {why}",
+            source=self.backend.name,
+            target=self.target.decode("latin-1"),
+            why=reason.getErrorMessage(),
+        )
+        request = self.request
+        if not request.startedWriting:
+            # Nothing reached the client yet: it can still get a clean 502.
+            date = request.responseHeaders.getRawHeaders(b"date")
+            request.responseHeaders = Headers({b"date": date} if date else {})
+            self._error(502)
+            return
+        # Never complete a truncated response: the client must see it cut,
+        # after what was relayed so far (so close, not abort, which would
+        # drop the buffered head and body too).
+        channel = request.channel
+        if channel is None:
+            return
+        if request.clientproto == b"HTTP/2":
+            channel.abortConnection()  # resets the stream; the connection lives
+        else:
+            channel.loseConnection()
+
+    def _client_gone(self, reason: Failure) -> None:
+        self.gone = True
+        self._stop_timer()
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.cancel()
+        if isinstance(self.body, RequestBody):
+            self.body.fail(reason)
+        if self.relay is not None:
+            self.relay.stopProducing()
+
+
+class _Discard(Protocol):
+    """
+    Drops a body nobody wants, so its connection is closed rather than left
+    busy in the pool.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+class _Drain(Protocol):
+    """
+    Reads and forgets a short body so its connection can go back to the
+    pool; a long one is cut, and its connection closed, instead.
+    """
+
+    _left = 65536
+
+    def dataReceived(self, data: bytes) -> None:
+        self._left -= len(data)
+        if self._left < 0:
+            self.transport.stopProducing()
