@@ -10,13 +10,13 @@ import socket
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from txrevproxy import build, parse_config
+from tests.helpers import startProxy
 
 
 class _Canned(Protocol):
@@ -36,6 +36,17 @@ class _Canned(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.closed += 1
+
+
+def _config(backend: int, extra: str = "") -> str:
+    """
+    One proxy rule in front of the backend on C{backend}.
+    """
+    return (
+        "[server]\naccess_log = off\n"
+        f"[source:b]\naddress = 127.0.0.1:{backend}\n"
+        "[rule:all]\nmatch = default\nhandler = proxy\nsources = b\n" + extra
+    )
 
 
 def _exchange(port: int, count: int = 1) -> list[bytes]:
@@ -68,30 +79,16 @@ def _exchange(port: int, count: int = 1) -> list[bytes]:
 class HygieneTests(TestCase):
     timeout = 15
 
-    def setUp(self) -> None:
+    def setUp(self) -> Any:
         self.backend = Factory.forProtocol(_Canned)
         self.backend.connections = self.backend.closed = 0
         self.backend.answers = []
         port = reactor.listenTCP(0, self.backend, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        config = parse_config(
-            f"""
-[server]
-access_log = off
-[source:b]
-address = 127.0.0.1:{port.getHost().port}
-[rule:all]
-match = default
-handler = proxy
-sources = b
-"""
-        )
-        runtime = build(config, reactor)
-        runtime.service.startService()
-        self.addCleanup(runtime.service.stopService)
-        listening = reactor.listenTCP(0, runtime.site, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        self.port = listening.getHost().port
+        return Deferred.fromCoroutine(self._proxy(port.getHost().port))
+
+    async def _proxy(self, backend: int) -> None:
+        self.port = (await startProxy(self, _config(backend))).port
 
     def answer(self, *responses: bytes, count: int = 1) -> Any:
         self.backend.answers.extend(responses)
@@ -199,8 +196,6 @@ class KeepAliveTimeoutTests(TestCase):
         A connection whose backend said C{timeout=2} leaves the pool after
         one second idle, although keepalive_timeout is 4.
         """
-        from twisted.internet.defer import Deferred
-
         backend = Factory.forProtocol(_Canned)
         backend.connections = backend.closed = 0
         backend.answers = [
@@ -209,22 +204,14 @@ class KeepAliveTimeoutTests(TestCase):
         ]
         port = reactor.listenTCP(0, backend, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        config = parse_config(
-            f"[source:b]\naddress = 127.0.0.1:{port.getHost().port}\n"
-            "[rule:all]\nmatch = default\nhandler = proxy\nsources = b\n"
-        )
-        runtime = build(config, reactor)
-        runtime.service.startService()
-        self.addCleanup(runtime.service.stopService)
-        listening = reactor.listenTCP(0, runtime.site, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        [first] = yield deferToThread(_exchange, listening.getHost().port)
+        proxy = yield Deferred.fromCoroutine(startProxy(self, _config(port.getHost().port)))
+        [first] = yield deferToThread(_exchange, proxy.port)
         self.assertTrue(first.endswith(b"ok"))
         d: Deferred[None] = Deferred()
         reactor.callLater(1.3, d.callback, None)
         yield d
         self.assertEqual(backend.closed, 1, "the idle connection should be closed by now")
-        [second] = yield deferToThread(_exchange, listening.getHost().port)
+        [second] = yield deferToThread(_exchange, proxy.port)
         self.assertTrue(second.endswith(b"ok"))
         self.assertEqual(backend.connections, 2)
 
@@ -239,16 +226,10 @@ class KeepAliveTimeoutTests(TestCase):
         backend.answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"] * 2
         port = reactor.listenTCP(0, backend, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        config = parse_config(
-            f"[source:b]\naddress = 127.0.0.1:{port.getHost().port}\n"
-            "[rule:all]\nmatch = default\nhandler = proxy\nsources = b\nreuse_connections = 0\n"
+        proxy = yield Deferred.fromCoroutine(
+            startProxy(self, _config(port.getHost().port, "reuse_connections = 0\n"))
         )
-        runtime = build(config, reactor)
-        runtime.service.startService()
-        self.addCleanup(runtime.service.stopService)
-        listening = reactor.listenTCP(0, runtime.site, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        responses = yield deferToThread(_exchange, listening.getHost().port, 2)
+        responses = yield deferToThread(_exchange, proxy.port, 2)
         self.assertTrue(all(r.endswith(b"ok") for r in responses))
         self.assertEqual(backend.connections, 2)
         self.assertEqual(len(self.flushLoggedErrors()), 0)

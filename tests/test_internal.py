@@ -12,13 +12,14 @@ import tempfile
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from txrevproxy import build, parse_config
+from tests.helpers import startProxy
+from txrevproxy import parse_config
 
 
 class _Backend(Resource):
@@ -89,7 +90,7 @@ def _split(response: bytes) -> tuple[bytes, dict[bytes, list[bytes]], bytes]:
 class InternalRedirectTests(TestCase):
     timeout = 15
 
-    def setUp(self) -> None:
+    def setUp(self) -> Any:
         self.root = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.root)
         os.mkdir(os.path.join(self.root, "files"))
@@ -147,12 +148,10 @@ handler = proxy
 sources = app
 """
         )
-        self.runtime = build(config, reactor)
-        self.runtime.service.startService()
-        self.addCleanup(self.runtime.service.stopService)
-        listening = reactor.listenTCP(0, self.runtime.site, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        self.port = listening.getHost().port
+        return Deferred.fromCoroutine(self._proxy(config))
+
+    async def _proxy(self, config: Any) -> None:
+        self.port = (await startProxy(self, config)).port
 
     def get(self, target: bytes, method: bytes = b"GET", extra: bytes = b"", body: bytes = b"") -> Any:
         request = (
