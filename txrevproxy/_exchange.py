@@ -67,6 +67,7 @@ class Exchange:
         self.gone = False
         self.timed_out = False
         self.timer: Optional[IDelayedCall] = None
+        self.in_flight: Optional[str] = None
         self.fell_back = False
         self.body = self._body()
 
@@ -120,8 +121,12 @@ class Exchange:
             self._fail()
             return
         self.backend = backend
-        d = backend.when_ready()
-        d.addCallback(lambda _: self._send(backend))
+        if backend.waiter is None or backend.ready():
+            d = self._send(backend)
+        else:
+            # An interpreter source still starting: wait for it (up to
+            # spawn_timeout) rather than fail.
+            d = backend.when_ready().addCallback(lambda _: self._send(backend))
         d.addCallbacks(self._got_response, self._attempt_failed)
         self.pending = d
 
@@ -133,17 +138,13 @@ class Exchange:
         for name, value in headers:
             raw.setdefault(name, []).append(value)
         proxy.balancer.started(backend.name)
+        self.in_flight = backend.name
         d = backend.agent.request(
             request.method, backend.uri_prefix + self.target, Headers(raw), self.body
         )
         self.pending = d
         self._start_timer(d)
-        d.addBoth(self._ended, backend)
         return d
-
-    def _ended(self, result: Any, backend: Backend) -> Any:
-        self.proxy.balancer.finished(backend.name)
-        return result
 
     def _start_timer(self, d: Deferred[Any]) -> None:
         def expire() -> None:
@@ -167,8 +168,18 @@ class Exchange:
                 self.timer.cancel()
             self.timer = None
 
+    def _release(self) -> None:
+        """
+        The attempt in flight is over for the balancer (least_conn counts a
+        request until its response body is through).
+        """
+        if self.in_flight is not None:
+            self.proxy.balancer.finished(self.in_flight)
+            self.in_flight = None
+
     def _attempt_failed(self, reason: Failure) -> None:
         self._stop_timer()
+        self._release()
         if self.gone:
             return
         why = self._describe(reason)
@@ -250,6 +261,7 @@ class Exchange:
         self.pending = None
         self.proxy.health.succeeded(self.backend.name)
         if self.gone:
+            self._release()
             response.deliverBody(_Discard())
             return
         request = self.request
@@ -262,6 +274,7 @@ class Exchange:
         if proxy.settings.vserver_errors and response.code >= 400:
             # The vserver's page replaces the backend's answer; the status
             # stays.  1xx-3xx answers (a redirect's Location) never do.
+            self._release()
             response.deliverBody(_Drain())
             self._error(response.code)
             return
@@ -290,6 +303,7 @@ class Exchange:
         response.deliverBody(self.relay)
 
     def _internal_redirect(self, response: IResponse, value: bytes) -> None:
+        self._release()
         response.deliverBody(_Drain())
         kept = [
             (name, response.headers.getRawHeaders(name))
@@ -314,6 +328,7 @@ class Exchange:
 
     def _relayed(self, reason: Optional[Failure]) -> None:
         self.relay = None
+        self._release()
         if self.gone:
             return
         if reason is None:
@@ -346,6 +361,7 @@ class Exchange:
     def _client_gone(self, reason: Failure) -> None:
         self.gone = True
         self._stop_timer()
+        self._release()
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.cancel()

@@ -21,6 +21,7 @@ them fails loudly here rather than quietly elsewhere.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
@@ -31,6 +32,9 @@ from ._headers import connection_tokens
 __all__ = ["BadResponse", "StrictParser", "StrictPool", "MAX_RESPONSE_HEAD"]
 
 MAX_RESPONSE_HEAD = 65536
+
+# Control bytes but HTAB, and DEL: never in a field value (RFC 9110 §5.5).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class BadResponse(Exception):
@@ -53,7 +57,7 @@ class StrictParser(HTTPClientParser):
         super().lineReceived(line)
 
     def headerReceived(self, name: bytes, value: bytes) -> None:
-        if any(c < 0x20 and c != 0x09 or c == 0x7F for c in value):
+        if _CONTROL.search(value) is not None:
             raise BadResponse(f"control byte in the {name!r} header")
         super().headerReceived(name, value)
 
