@@ -19,6 +19,9 @@ from twisted.trial.unittest import TestCase
 from tests.helpers import startProxy
 
 
+DROP = b"<drop the connection without answering>"
+
+
 class _Canned(Protocol):
     """
     Answers every request head with the factory's next canned response.
@@ -31,8 +34,13 @@ class _Canned(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
         while b"\r\n\r\n" in self.buffer:
-            _, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-            self.transport.write(self.factory.answers.pop(0))
+            head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            self.factory.heads.append(head.split(b" ")[0])
+            answer = self.factory.answers.pop(0)
+            if answer is DROP:
+                self.transport.abortConnection()
+                return
+            self.transport.write(answer)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.closed += 1
@@ -49,15 +57,15 @@ def _config(backend: int, extra: str = "") -> str:
     )
 
 
-def _exchange(port: int, count: int = 1) -> list[bytes]:
+def _exchange(port: int, count: int = 1, method: bytes = b"GET") -> list[bytes]:
     """
-    Send C{count} GETs on one connection, one after the other; return the
-    raw response to each (until it is complete or the connection closes).
+    Send C{count} requests on one connection, one after the other; return
+    the raw response to each (until it is complete or the connection closes).
     """
     responses = []
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         for _ in range(count):
-            s.sendall(b"GET / HTTP/1.1\r\nHost: client\r\n\r\n")
+            s.sendall(method + b" / HTTP/1.1\r\nHost: client\r\nContent-Length: 0\r\n\r\n")
             data = b""
             while b"\r\n\r\n" not in data:
                 chunk = s.recv(65536)
@@ -83,6 +91,7 @@ class HygieneTests(TestCase):
         self.backend = Factory.forProtocol(_Canned)
         self.backend.connections = self.backend.closed = 0
         self.backend.answers = []
+        self.backend.heads = []
         port = reactor.listenTCP(0, self.backend, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return Deferred.fromCoroutine(self._proxy(port.getHost().port))
@@ -163,6 +172,25 @@ class HygieneTests(TestCase):
         self.assertNotIn(b"Early", response)
 
     @inlineCallbacks
+    def test_staleConnectionRenewed(self) -> Any:
+        """
+        With a single source, a GET lost on a reused connection (the backend
+        dropped it without an answer, as when its idle timeout races the
+        request) is tried once more on a new connection; a POST is not
+        (it may have been acted on): 502.
+        """
+        ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        first, second = yield self.answer(ok, DROP, ok, count=2)
+        self.assertTrue(second.startswith(b"HTTP/1.1 200 OK"), second)
+        self.assertEqual(self.backend.heads, [b"GET", b"GET", b"GET"])
+        self.assertEqual(self.backend.connections, 2)
+        self.backend.answers.extend([ok, DROP])
+        self.backend.heads.clear()
+        first, second = yield deferToThread(_exchange, self.port, 2, b"POST")
+        self.assertTrue(second.startswith(b"HTTP/1.1 502 "), second)
+        self.assertEqual(self.backend.heads, [b"POST", b"POST"])
+
+    @inlineCallbacks
     def test_connectionTokens(self) -> Any:
         """
         The fields a backend's C{Connection} names never reach the client,
@@ -198,6 +226,7 @@ class KeepAliveTimeoutTests(TestCase):
         """
         backend = Factory.forProtocol(_Canned)
         backend.connections = backend.closed = 0
+        backend.heads = []
         backend.answers = [
             b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2\r\nContent-Length: 2\r\n\r\nok",
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
@@ -223,6 +252,7 @@ class KeepAliveTimeoutTests(TestCase):
         """
         backend = Factory.forProtocol(_Canned)
         backend.connections = backend.closed = 0
+        backend.heads = []
         backend.answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"] * 2
         port = reactor.listenTCP(0, backend, interface="127.0.0.1")
         self.addCleanup(port.stopListening)

@@ -41,7 +41,9 @@ def make_pool(reactor: Any, settings: ProxySettings) -> HTTPConnectionPool:
     pool = StrictPool(reactor, persistent=settings.allow_keepalive)
     pool.maxPersistentPerHost = settings.reuse_connections
     pool.cachedConnectionTimeout = settings.keepalive_timeout
-    pool.retryAutomatically = True
+    # Retries are the exchange's decision (one try per source, SPEC §3),
+    # not the pool's silent second try on the same source.
+    pool.retryAutomatically = False
     return pool
 
 
@@ -79,8 +81,26 @@ class SourceAgent:
         persistent = self.pool.persistent
         request = Request(method, target, headers or Headers(), bodyProducer, persistent)
         d = self.pool.getConnection(self.prefix, self.endpoint)
-        d.addCallback(lambda protocol: protocol.request(request))
+        d.addCallback(_send, request)
         return d
+
+
+def _send(protocol: Any, request: Request) -> Deferred[IResponse]:
+    """
+    Send C{request} on a connection; a failure on a connection that had
+    carried requests before is marked C{reused_connection}, since it may
+    only mean the backend closed it while it was idle.
+    """
+    reused = getattr(protocol, "requests_made", 0) > 0
+    d: Deferred[IResponse] = protocol.request(request)
+    if reused:
+        d.addErrback(_mark_reused)
+    return d
+
+
+def _mark_reused(reason: Any) -> Any:
+    reason.value.reused_connection = True
+    return reason
 
 
 def make_agent(

@@ -136,6 +136,11 @@ class SourceAddress:
         return f"{self.scheme}://{host}:{self.port}"
 
 
+def _lower_set(names: Any) -> frozenset[bytes]:
+    # Header names compare case-insensitively; code may spell them anyhow.
+    return frozenset(name.lower() for name in names)
+
+
 def _address(value: SourceAddress | str) -> SourceAddress:
     return value if isinstance(value, SourceAddress) else SourceAddress.parse(value)
 
@@ -244,10 +249,10 @@ class ProxySettings:
     vserver_errors: bool = False
     request_rewrite: tuple[Rewrite, ...] = attrs.field(default=(), converter=tuple)
     request_add_headers: tuple[tuple[bytes, bytes], ...] = attrs.field(default=(), converter=tuple)
-    request_hide_headers: frozenset[bytes] = attrs.field(default=frozenset(), converter=frozenset)
+    request_hide_headers: frozenset[bytes] = attrs.field(default=frozenset(), converter=_lower_set)
     reply_rewrite: tuple[Rewrite, ...] = attrs.field(default=(), converter=tuple)
     reply_add_headers: tuple[tuple[bytes, bytes], ...] = attrs.field(default=(), converter=tuple)
-    reply_hide_headers: frozenset[bytes] = attrs.field(default=frozenset(), converter=frozenset)
+    reply_hide_headers: frozenset[bytes] = attrs.field(default=frozenset(), converter=_lower_set)
     x_sendfile: bool = True
     connect_timeout: float = attrs.field(default=5.0, validator=_positive)
     read_timeout: float = attrs.field(default=60.0, validator=_positive)

@@ -22,7 +22,13 @@ from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import (
@@ -89,6 +95,19 @@ def _ssl_reasons(error: Exception) -> str:
 
 def _is_ip(host: str) -> bool:
     return isIPAddress(host) or isIPv6Address(host)
+
+
+def _tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """
+    A TCP endpoint: an address connects straight (a refusal is known at
+    once); a name goes through L{HostnameEndpoint}, which resolves it and
+    tries its addresses in turn.
+    """
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -271,7 +290,7 @@ def source_endpoint(
     if address.scheme == "unix":
         endpoint = UNIXClientEndpoint(reactor, address.path, timeout=timeout)
     else:
-        endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=timeout)
+        endpoint = _tcp_endpoint(reactor, address.host, address.port, timeout)
     endpoint = _LargeReads(endpoint)
     if address.scheme == "https" and tls:
         return _TLSEndpoint(reactor, endpoint, _tls_options(source), timeout)

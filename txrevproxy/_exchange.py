@@ -68,6 +68,7 @@ class Exchange:
         self.timed_out = False
         self.timer: Optional[IDelayedCall] = None
         self.in_flight: Optional[str] = None
+        self.renewed: set[str] = set()
         self.fell_back = False
         self.body = self._body()
 
@@ -81,8 +82,8 @@ class Exchange:
         if content is None:
             return None
         content.seek(0, 2)
-        if content.tell() == 0 and not self.request.requestHeaders.hasHeader(b"content-length"):
-            return None
+        if content.tell() == 0:
+            return None  # (Agent still sends Content-Length: 0 for a POST or PUT.)
         content.seek(0)
         return FileBodyProducer(content, cooperator=self.proxy.cooperator)
 
@@ -114,9 +115,9 @@ class Exchange:
         client = "" if self.peer.client is None else str(self.peer.client)
         return proxy._by_name[proxy.balancer.choose(client, candidates)]
 
-    def _attempt(self) -> None:
+    def _attempt(self, again: Optional[Backend] = None) -> None:
         self.timed_out = False
-        backend = self._choose()
+        backend = again or self._choose()
         if backend is None:
             self._fail()
             return
@@ -180,18 +181,29 @@ class Exchange:
     def _attempt_failed(self, reason: Failure) -> None:
         self._stop_timer()
         self._release()
-        if self.gone:
-            return
-        why = self._describe(reason)
-        self.tried.append((self.backend.name, why))
-        if self.timed_out or reason.check(ConnectError, ConnectTimeout, DNSLookupError):
-            # The source's own fault, on a new connection; a reset of a
-            # pooled connection or an HTTP error answer is not counted.
-            self.proxy.health.failed(self.backend.name, why)
-        if self._retryable(reason):
-            self._attempt()
-        else:
+        if self.gone or self.request.finished:
+            return  # (Answered already: say, 413 while the body streamed.)
+        name = self.backend.name
+        stale = not self.timed_out and getattr(reason.value, "reused_connection", False)
+        why = self._describe(reason) + (" (on a reused connection)" if stale else "")
+        self.tried.append((name, why))
+        if not stale and (self.timed_out or reason.check(ConnectError, ConnectTimeout, DNSLookupError)):
+            # The source's own fault, on a new connection; a pooled
+            # connection the backend let go, or an HTTP error answer, is not.
+            self.proxy.health.failed(name, why)
+        if not self._retryable(reason):
             self._fail(reason)
+        elif stale and name not in self.renewed and not self._untried():
+            # nginx's rule: a try lost to a stale pooled connection is given
+            # back, once, on a new connection, when no other source is left.
+            self.renewed.add(name)
+            self._attempt(again=self.backend)
+        else:
+            self._attempt()
+
+    def _untried(self) -> bool:
+        tried = {name for name, _ in self.tried}
+        return any(backend.name not in tried for backend in self.proxy.backends)
 
     def _describe(self, reason: Failure) -> str:
         if self.timed_out:
@@ -314,16 +326,23 @@ class Exchange:
             dispatch(self.request, validate_target(value), kept)
         except BadRedirect as e:
             self._log.warn(
-                "502 for {target}: backend {source} asked for an internal redirect to "
-                "{value!r}: {why}",
+                "502 for {target} (rule {rule}): backend {source} asked for an internal "
+                "redirect to {value!r}: {why}",
                 target=self.target.decode("latin-1"),
+                rule=self.proxy.name,
                 source=self.backend.name,
                 value=value,
                 why=str(e),
             )
             self._error(502)
         except TooManyRedirects as e:
-            self._log.warn("500 for {target}: {why}", target=self.target.decode("latin-1"), why=str(e))
+            self._log.warn(
+                "500 for {target} (rule {rule}): backend {source} redirected it again: {why}",
+                target=self.target.decode("latin-1"),
+                rule=self.proxy.name,
+                source=self.backend.name,
+                why=str(e),
+            )
             self._error(500)
 
     def _relayed(self, reason: Optional[Failure]) -> None:
@@ -335,10 +354,11 @@ class Exchange:
             self.request.finish()
             return
         self._log.warn(
-            "Backend {source} failed during the response body of {target}: {why}",
+            "Backend {source} failed during the response body of {target} (rule {rule}): {why}",
             source=self.backend.name,
             target=self.target.decode("latin-1"),
-            why=reason.getErrorMessage(),
+            rule=self.proxy.name,
+            why=self._describe(reason),
         )
         request = self.request
         if not request.startedWriting:

@@ -156,15 +156,19 @@ def _peer(request: Any, trusted: Sequence[Network]) -> Peer:
     return Peer(address, trusted_peer, client, request.isSecure())
 
 
+def _lower_names(names: Iterable[bytes]) -> frozenset[bytes]:
+    return frozenset(name.lower() for name in names)
+
+
 @attrs.frozen
 class HeaderPolicy:
     """
     A rule's header settings, prepared for the per-request passes.
     """
 
-    request_hide: frozenset[bytes] = frozenset()
+    request_hide: frozenset[bytes] = attrs.field(default=frozenset(), converter=_lower_names)
     request_add: tuple[tuple[bytes, bytes], ...] = ()
-    reply_hide: frozenset[bytes] = frozenset()
+    reply_hide: frozenset[bytes] = attrs.field(default=frozenset(), converter=_lower_names)
     reply_add: tuple[tuple[bytes, bytes], ...] = ()
     reply_rewrite: tuple[Rewrite, ...] = ()
     preserve_server: bool = False
@@ -180,7 +184,7 @@ class HeaderPolicy:
         reply_added = {name.lower() for name, _ in self.reply_add}
         object.__setattr__(self, "_own_server", b"server" not in self.reply_hide | reply_added)
         drop = _REPLY_DROP | self.reply_hide | reply_added
-        if self.preserve_server and b"server" not in self.reply_hide:
+        if self.preserve_server and b"server" not in self.reply_hide | reply_added:
             drop = drop - {b"server"}
         object.__setattr__(self, "_reply_drop", drop)
 

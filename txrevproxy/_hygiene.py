@@ -110,11 +110,16 @@ class _StrictProtocol(HTTP11ClientProtocol):
 
     @ivar idle_limit: How long the backend said (C{Keep-Alive: timeout=N})
         it keeps this connection open when idle, if it said.
+    @ivar requests_made: How many requests this connection has carried; a
+        failure on one that carried some already may just be a stale
+        keep-alive connection.
     """
 
     idle_limit: float | None = None
+    requests_made = 0
 
     def request(self, request: Any) -> Any:
+        self.requests_made += 1
         result = super().request(request)
         parser = getattr(self, "_parser", None)
         if type(parser) is HTTPClientParser:

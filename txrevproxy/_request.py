@@ -31,6 +31,7 @@ from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.server import Request, version as twisted_version
 
 from ._errorpages import reason_phrase
+from ._headers import connection_tokens
 from ._streams import RequestBody
 from ._validation import Rejection, validate_head
 
@@ -119,14 +120,17 @@ class ProxyRequest(Request):
             return
         self._too_large = True
         self.content = BytesIO()
-        if self.body_stream is None:
+        stream = self.body_stream
+        if stream is None:
             return  # Buffered (HTTP/2): answered in requestReceived.
-        self.body_stream.fail(Failure(BodyTooLarge()))
         if self.startedWriting:
             # A backend already answered: the only honest end is a cut.
-            self.channel.transport.abortConnection()
+            if self.channel is not None:
+                self.channel.transport.abortConnection()
         elif not self.finished:
             self._error(413)
+        # Then the backend request is abandoned, its answer unwanted.
+        stream.fail(Failure(BodyTooLarge()))
 
     def _error(self, status: int) -> None:
         self.setResponseCode(status)
@@ -286,6 +290,19 @@ class ProxyChannel(HTTPChannel):
         super().allHeadersReceived()
         if streaming and not request.finished:
             request.start_early(self._command, self._path, self._version, self.length)
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        """
+        Whether the connection stays open after this request: HTTP/1.1
+        unless C{close} is among the C{Connection} tokens of any of its
+        C{Connection} headers (a comma list, in any case; Twisted reads
+        only the first header, split on spaces).  HTTP/1.0 never.
+        """
+        tokens = connection_tokens(request.requestHeaders.getRawHeaders(b"connection", ()))
+        if version == b"HTTP/1.1" and b"close" not in tokens:
+            return True
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return False
 
     def allContentReceived(self) -> None:
         self._in_body = False
