@@ -945,3 +945,43 @@ class RetryDecisionTests(SynchronousTestCase):
         self.assertEqual(self.sources(), ["s0"])
         self.assertTrue(self.attempts[0].cancelled)
         self.assertEqual(self.response(client).status, 504)
+
+
+class InterpreterRestartTests(_ResilienceCase):
+    """
+    An interpreter source that dies is restarted by its supervisor, and
+    requests wait for it rather than fail (SPEC §2: "Requests routed to one
+    that is still starting wait for it").
+    """
+
+    timeout = 20
+
+    async def test_requestWaitsForRestart(self) -> None:
+        """
+        The only source's program is killed; the very next request is
+        answered once the program is back, not with a 502, and the source
+        is not taken out of rotation for it.
+        """
+        import os
+        import signal
+        import tempfile
+
+        directory = tempfile.mkdtemp()
+        with open(os.path.join(directory, "index.html"), "w") as f:
+            f.write("back")
+        port = freePort()
+        command = interpreterCommand(
+            sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", directory
+        )
+        proxy = await self.proxy(
+            [{"type": "interpreter", "address": f"127.0.0.1:{port}", "interpreter": command}]
+        )
+        first = await fetch(self, proxy.port, b"/index.html")
+        self.assertEqual((first.status, first.body), (200, b"back"))
+        interpreter = proxy.runtime.interpreters["b0"]
+        os.kill(interpreter.pid, signal.SIGKILL)
+        started = time.monotonic()
+        again = await fetch(self, proxy.port, b"/index.html")
+        self.assertEqual((again.status, again.body), (200, b"back"))
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertTrue(proxy.runtime.site.resource.select(b"x").routes[0].resource.health.in_rotation("b0"))

@@ -136,6 +136,9 @@ class Backend:
         once the program accepts connections (or fails after
         C{spawn_timeout}); L{None} for a plain host.
     @ivar ready: For an interpreter source, whether it is known to be up.
+    @ivar recheck: For an interpreter source, called when its address
+        refused a connection: it may have exited, so L{when_ready} waits
+        until it is seen accepting again (or restarted).
     """
 
     name: str
@@ -144,6 +147,7 @@ class Backend:
     agent: IAgent
     waiter: Optional[Callable[[], Deferred[None]]] = None
     ready: Callable[[], bool] = lambda: True
+    recheck: Callable[[], None] = lambda: None
 
     @classmethod
     def of(cls, source: SourceConfig, agent: IAgent, interpreter: Any = None) -> Backend:
@@ -159,6 +163,7 @@ class Backend:
             agent,
             interpreter.whenReady,
             lambda: interpreter.ready,
+            interpreter.recheck,
         )
 
     def when_ready(self) -> Deferred[None]:

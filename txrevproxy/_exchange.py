@@ -68,7 +68,7 @@ class Exchange:
         self.timed_out = False
         self.timer: Optional[IDelayedCall] = None
         self.in_flight: Optional[str] = None
-        self.renewed: set[str] = set()
+        self.renewed: set[tuple[str, str]] = set()
         self.fell_back = False
         self.body = self._body()
 
@@ -183,23 +183,40 @@ class Exchange:
         self._release()
         if self.gone or self.request.finished:
             return  # (Answered already: say, 413 while the body streamed.)
-        name = self.backend.name
+        backend = self.backend
+        name = backend.name
         stale = not self.timed_out and getattr(reason.value, "reused_connection", False)
+        # An interpreter source that went down under us is being restarted
+        # by its supervisor: the next try waits for it, up to spawn_timeout.
+        if backend.waiter is not None and reason.check(
+            ConnectError, ResponseNeverReceived, RequestTransmissionFailed
+        ):
+            backend.recheck()
+        restarting = backend.waiter is not None and not backend.ready()
         why = self._describe(reason) + (" (on a reused connection)" if stale else "")
         self.tried.append((name, why))
-        if not stale and (self.timed_out or reason.check(ConnectError, ConnectTimeout, DNSLookupError)):
+        if not (stale or restarting) and (
+            self.timed_out or reason.check(ConnectError, ConnectTimeout, DNSLookupError)
+        ):
             # The source's own fault, on a new connection; a pooled
             # connection the backend let go, or an HTTP error answer, is not.
             self.proxy.health.failed(name, why)
         if not self._retryable(reason):
             self._fail(reason)
-        elif stale and name not in self.renewed and not self._untried():
-            # nginx's rule: a try lost to a stale pooled connection is given
-            # back, once, on a new connection, when no other source is left.
-            self.renewed.add(name)
-            self._attempt(again=self.backend)
+        elif (stale or restarting) and not self._untried() and self._renew(name, restarting):
+            # nginx's rule: a try lost to a stale pooled connection (or to a
+            # program being restarted) is given back, once for each cause,
+            # when no other source is left.
+            self._attempt(again=backend)
         else:
             self._attempt()
+
+    def _renew(self, name: str, restarting: bool) -> bool:
+        cause = (name, "restart" if restarting else "stale")
+        if cause in self.renewed:
+            return False
+        self.renewed.add(cause)
+        return True
 
     def _untried(self) -> bool:
         tried = {name for name, _ in self.tried}

@@ -384,6 +384,20 @@ class Interpreter(Service):
             self._restartCall.cancel()
             self._restartCall = None
 
+    def recheck(self) -> None:
+        """
+        A connection to the program was refused: it may have just exited,
+        before its exit was noticed.  Until a probe (or a restart) shows it
+        accepting again, L{whenReady} waits instead of answering at once.
+        """
+        child = self._child
+        if not self._ready or child is None or not self.running:
+            return
+        self._ready = False
+        self._cancelProbe()
+        self._probes = 0
+        self._scheduleProbe(child)
+
     def _scheduleProbe(self, child: _Child) -> None:
         delay = self._probeBackoff.delay(self._probes)
         self._probes += 1
