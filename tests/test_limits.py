@@ -290,3 +290,44 @@ class ConnectionLimitTests(_LimitCase):
         again.send(GET)
         [response] = await again.responses(1)
         self.assertEqual(response.status, 200)
+
+
+class ParserRefusalTests(_LimitCase):
+    """
+    What Twisted's own parser refuses gets the same answer as the proxy's
+    own refusals: a page, C{Connection: close}, the connection closed.
+    """
+
+    async def test_refusedWithPage(self) -> None:
+        """
+        A request with both C{Content-Length} and C{Transfer-Encoding} is
+        answered 400 with the built-in page naming the status.
+        """
+        backend, proxy = await self.proxy()
+        client = await self.refused(
+            proxy.port,
+            head(b"Content-Length: 3", b"Transfer-Encoding: chunked", method=b"POST") + b"0\r\n\r\n",
+            400,
+        )
+        [response] = client.parser.responses
+        self.assertIn(b"400 Bad Request", response.body)
+        self.assertEqual(response.header(b"server"), [b"txrevproxy"])
+        self.assertEqual(backend.requests, [])
+
+    async def test_badChunkWhileStreaming(self) -> None:
+        """
+        A malformed chunk in a body already streaming to a backend: the
+        client gets a 400 and the backend request is abandoned (the backend
+        never sees a complete request).
+        """
+        backend, proxy = await self.proxy()
+        backend.reading = True
+        client = await connectClient(self, proxy.port)
+        client.send(head(b"Transfer-Encoding: chunked", method=b"POST") + b"5\r\nhello\r\n")
+        self.assertTrue(await poll(lambda: backend.accepted > 0, 3), "the body never started streaming")
+        client.send(b"zz\r\nbad\r\n")
+        [response] = await client.responses(1, timeout=5)
+        self.assertEqual(response.status, 400)
+        self.assertTrue(await client.waitClosed(3), "connection left open")
+        self.assertTrue(await poll(lambda: not backend.open, 3), "backend connection not dropped")
+        self.assertEqual(backend.requests, [])

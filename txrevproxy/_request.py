@@ -26,6 +26,7 @@ import attrs
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.server import Request, version as twisted_version
@@ -337,21 +338,46 @@ class ProxyChannel(HTTPChannel):
             self._rejected = True
             self.loseConnection()
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own parser refusing something (a bad request line,
+        # header, length or chunk): answered like our own refusals, with
+        # the vserver's page, rather than a bare status line.
+        self._reject(400, "malformed request (refused by the HTTP parser)")
+
     def _reject(self, status: int, reason: str) -> None:
         """
         Answer a request that must not go on, and close: nothing after it
-        on this connection is parsed.
+        on this connection is parsed.  A request already being proxied
+        (its body was streaming) is abandoned with it.
         """
         self._rejected = True
         self._stop_header_timer()
         peer = getattr(self.transport.getPeer(), "host", "?")
         _log.info("Rejected a request from {peer}: {status} ({reason})", peer=peer, status=status, reason=reason)
-        request = self.requests[-1] if self.requests else None
+        requests, self.requests = self.requests, []
+        self.persistent = False
+        request = requests[-1] if requests else None
+        answered = request is not None and request.startedWriting
+        if not answered:
+            self.transport.write(self._refusal(request, status))
+        for abandoned in requests:
+            if not abandoned.finished:
+                abandoned.connectionLost(Failure(ConnectionLost(f"request refused: {reason}")))
+        if answered:
+            # A response is under way: the only honest end is a cut.
+            self.transport.abortConnection()
+        else:
+            self.loseConnection()
+
+    def _refusal(self, request: Optional[Request], status: int) -> bytes:
+        """
+        The whole response refusing C{request}, from the error pages of the
+        vserver its C{Host} selects.
+        """
         host = b""
-        method = getattr(self, "_command", b"GET")
         if request is not None:
             host = request.requestHeaders.getRawHeaders(b"host", [b""])[0]
-        headers, body = self.site.error_body(host, status, method)
+        headers, body = self.site.error_body(host, status, getattr(self, "_command", b"GET"))
         lines = [b"HTTP/1.1 %d %s" % (status, reason_phrase(status) or b"Error")]
         for name, values in headers:
             lines.extend(name + b": " + value for value in values)
@@ -359,7 +385,4 @@ class ProxyChannel(HTTPChannel):
             lines.append(b"Allow: " + _ALLOW)
         lines.append(b"Date: " + datetimeToString())
         lines.append(b"Connection: close")
-        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-        self.requests = []
-        self.persistent = False
-        self.loseConnection()
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body
