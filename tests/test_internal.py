@@ -100,8 +100,22 @@ class InternalRedirectTests(TestCase):
         os.mkdir(pages)
         with open(os.path.join(pages, "404.html"), "wb") as f:
             f.write(b"<p>custom not found</p>")
+        with open(os.path.join(pages, "502.html"), "wb") as f:
+            f.write(b"<p>custom bad gateway</p>")
         self.backend = _Backend()
-        port = reactor.listenTCP(0, Site(self.backend), interface="127.0.0.1")
+        site = Site(self.backend)
+        self.backend_connections = 0
+        build_protocol = site.buildProtocol
+
+        def counting(addr: Any) -> Any:
+            self.backend_connections += 1
+            return build_protocol(addr)
+
+        site.buildProtocol = counting  # type: ignore[method-assign]
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        dead = reactor.listenTCP(0, Site(self.backend), interface="127.0.0.1")
+        dead_port = dead.getHost().port
+        dead.stopListening()
         self.addCleanup(port.stopListening)
         config = parse_config(
             f"""
@@ -141,6 +155,21 @@ match = directory /status
 handler = proxy
 sources = app
 vserver_errors = yes
+
+[source:dead]
+address = 127.0.0.1:{dead_port}
+
+[rule:down]
+priority = 40
+match = directory /down
+handler = proxy
+sources = dead
+
+[rule:moved]
+priority = 40
+match = directory /old
+handler = redirect
+redirect = 301 https://$host/new$path$query
 
 [rule:app]
 match = default
@@ -284,3 +313,37 @@ sources = app
         self.assertEqual(status, b"HTTP/1.1 404 Not Found")
         self.assertEqual(body, b"<p>custom not found</p>")
         self.assertEqual(headers[b"content-type"], [b"text/html; charset=utf-8"])
+
+    @inlineCallbacks
+    def test_backendConnectionReused(self) -> Any:
+        """
+        The redirecting response's body is read and dropped, so its backend
+        connection goes back to the pool: further requests reuse it.
+        """
+        for _ in range(3):
+            status, _, body = yield self.get_keepalive(b"/accel/files/data.txt")
+        self.assertEqual(self.backend_connections, 1)
+
+    def get_keepalive(self, target: bytes) -> Any:
+        request = b"GET " + target + b" HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n"
+        return deferToThread(_send, self.port, request).addCallback(_split)
+
+    @inlineCallbacks
+    def test_customBadGateway(self) -> Any:
+        """
+        A proxy-generated 502 uses the vserver's C{502.html}.
+        """
+        status, headers, body = yield self.get(b"/down/x")
+        self.assertEqual(status, b"HTTP/1.1 502 Bad Gateway")
+        self.assertEqual(body, b"<p>custom bad gateway</p>")
+
+    @inlineCallbacks
+    def test_redirectHandler(self) -> Any:
+        """
+        C{redirect = 301 https://$host/new$path$query} expands the request's
+        host, raw path and query; a C{$} in the request is not expanded.
+        """
+        status, headers, _ = yield self.get(b"/old/a%20b?x=1&y=$host")
+        self.assertEqual(status, b"HTTP/1.1 301 Moved Permanently")
+        self.assertEqual(headers[b"location"], [b"https://example/new/old/a%20b?x=1&y=%24host"])
+        self.assertEqual(headers[b"server"], [b"txrevproxy"])

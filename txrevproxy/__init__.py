@@ -30,7 +30,8 @@ from ._library import proxy_resource
 from ._loader import ConfigError, load_config, parse_config
 from ._proxy import ReverseProxyResource
 from ._rules import parse_condition
-from ._site import ProxySite, Runtime, build
+from ._server import ProxySite
+from ._site import Runtime, build
 
 __all__ = [
     "BALANCER_KINDS",
