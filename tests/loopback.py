@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tests.helpers import (
@@ -34,6 +34,7 @@ from tests.helpers import (
     RawClient,
     Reply,
     Response,
+    RunningProxy,
 )
 
 __all__ = [
@@ -368,3 +369,24 @@ def counts(backends: Sequence[CaptureBackend], target: bytes = b"/") -> list[int
     How many requests for C{target} each backend received.
     """
     return [sum(1 for r in b.requests if r.target == target) for b in backends]
+
+
+class NamedBackendsCase(TestCase):
+    """
+    Named backends (each answers with its name) behind one proxy rule: the
+    base of the balancing and resilience tests.
+    """
+
+    timeout = 15
+
+    def backends(self, count: int) -> list[NamedBackend]:
+        return [startNamed(self, f"b{n}") for n in range(count)]
+
+    async def served(
+        self, proxy: RunningProxy, count: int, target: bytes = b"/", bind: str = "127.0.0.1"
+    ) -> list[str]:
+        """
+        Who answered each of C{count} sequential GETs (from C{bind}); a
+        proxy error shows as C{"<STATUS>"}.
+        """
+        return [servedBy(await fetch(self, proxy.port, target, bind=bind)) for _ in range(count)]

@@ -13,31 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from twisted.trial.unittest import TestCase
 
 from tests.helpers import RawClient, Reply, RunningProxy, poll, startProxy, wait
 from tests.loopback import (
     NamedBackend,
     configText,
     connectFrom,
-    fetch,
     request,
     restart,
-    servedBy,
-    startNamed,
+    NamedBackendsCase,
 )
 
 
-class _BalancingCase(TestCase):
-    """
-    Named backends (each answers with its name) behind one proxy rule.
-    """
-
-    timeout = 15
-
-    def backends(self, count: int) -> list[NamedBackend]:
-        return [startNamed(self, f"b{n}") for n in range(count)]
-
+class _BalancingCase(NamedBackendsCase):
     async def proxy(
         self,
         backends: Sequence[NamedBackend],
@@ -51,15 +39,6 @@ class _BalancingCase(TestCase):
                 keys["weight"] = str(weights[n])
             sources[f"b{n}"] = keys
         return await startProxy(self, configText(sources, rule))
-
-    async def served(
-        self, proxy: RunningProxy, count: int, bind: str = "127.0.0.1", target: bytes = b"/"
-    ) -> list[str]:
-        """
-        Who answered each of C{count} sequential requests; a proxy error
-        shows as C{"<STATUS>"}.
-        """
-        return [servedBy(await fetch(self, proxy.port, target, bind=bind)) for _ in range(count)]
 
 
 class RoundRobinTests(_BalancingCase):

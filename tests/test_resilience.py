@@ -31,7 +31,7 @@ from twisted.internet.error import (
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import (
     RequestNotSent,
     RequestTransmissionFailed,
@@ -56,6 +56,7 @@ from tests.helpers import (
 )
 from tests.loopback import (
     LogCapture,
+    NamedBackendsCase,
     NamedBackend,
     configText,
     counts,
@@ -73,16 +74,7 @@ _DROP = Reply(raw=b"")
 """Read the request, then close the connection without a response byte."""
 
 
-class _ResilienceCase(TestCase):
-    """
-    Named backends (each answers with its name) behind one proxy rule.
-    """
-
-    timeout = 15
-
-    def backends(self, count: int) -> list[NamedBackend]:
-        return [startNamed(self, f"b{n}") for n in range(count)]
-
+class _ResilienceCase(NamedBackendsCase):
     async def proxy(
         self,
         sources: Sequence[CaptureBackend | int | Mapping[str, str]],
@@ -100,13 +92,6 @@ class _ResilienceCase(TestCase):
                 source = {"address": f"127.0.0.1:{source}"}
             keys[f"b{n}"] = source
         return await startProxy(self, configText(keys, {"connect_timeout": "0.5", **rule}))
-
-    async def served(self, proxy: RunningProxy, count: int, target: bytes = b"/") -> list[str]:
-        """
-        Who answered each of C{count} sequential GETs; a proxy error shows
-        as C{"<STATUS>"}.
-        """
-        return [servedBy(await fetch(self, proxy.port, target)) for _ in range(count)]
 
     def assertLogged(self, log: LogCapture, *needles: str, count: int = 1) -> list[str]:
         """
