@@ -513,7 +513,7 @@ class HTTPSBackendTests(_Case):
         )
         status, _, _ = yield self.through_proxy(text, get("x"))
         self.assertEqual(status, 504)
-        [line] = [line for line in self.harness.logged if "504" in line]
+        [line] = [line for line in self.harness.logged if "504 for" in line]
         self.assertIn("connect timeout", line)
 
     @inlineCallbacks
@@ -529,7 +529,7 @@ class HTTPSBackendTests(_Case):
         )
         status, _, _ = yield self.through_proxy(text, get("x"))
         self.assertEqual(status, 504)
-        [line] = [line for line in self.harness.logged if "504" in line]
+        [line] = [line for line in self.harness.logged if "504 for" in line]
         self.assertIn("read_timeout", line)
         # The backend side of the abandoned connection is closed too.
         while any(type(p) is Protocol for p in self.harness.open):
