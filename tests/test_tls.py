@@ -416,7 +416,7 @@ class HTTPSBackendTests(_Case):
         )
         self.assertEqual(status, 502)
         self.assertEqual(self.seen, [])
-        [line] = [line for line in self.harness.logged if "502" in line]
+        [line] = [line for line in self.harness.logged if "502 for" in line]
         self.assertIn("b: TLS handshake with the backend failed", line)
         self.assertIn("does not match", line)
 
@@ -432,7 +432,7 @@ class HTTPSBackendTests(_Case):
         )
         self.assertEqual(status, 502)
         self.assertEqual(self.seen, [])
-        [line] = [line for line in self.harness.logged if "502" in line]
+        [line] = [line for line in self.harness.logged if "502 for" in line]
         self.assertIn("certificate verify failed", line)
 
     @inlineCallbacks

@@ -86,7 +86,7 @@ class UnixTests(TestCase):
         front = yield self.harness.listen_on("tcp:0:interface=127.0.0.1", self.harness.proxy(self.config()))
         _, received = yield raw_request(front, get("x"))
         self.assertEqual(parse_response(received)[0], 502)
-        [line] = [line for line in self.harness.logged if "502" in line]
+        [line] = [line for line in self.harness.logged if "502 for" in line]
         self.assertIn("sock:", line)
 
     @inlineCallbacks
