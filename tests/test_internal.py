@@ -94,6 +94,9 @@ class InternalRedirectTests(TestCase):
         self.root = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.root)
         os.mkdir(os.path.join(self.root, "files"))
+        os.mkdir(os.path.join(self.root, "files", "sub"))
+        with open(os.path.join(self.root, "files", "sub", "index.html"), "wb") as f:
+            f.write(b"the index")
         with open(os.path.join(self.root, "files", "data.txt"), "wb") as f:
             f.write(b"0123456789" * 10)
         pages = os.path.join(self.root, "pages")
@@ -347,3 +350,45 @@ sources = app
         self.assertEqual(status, b"HTTP/1.1 301 Moved Permanently")
         self.assertEqual(headers[b"location"], [b"https://example/new/old/a%20b?x=1&y=%24host"])
         self.assertEqual(headers[b"server"], [b"txrevproxy"])
+
+    @inlineCallbacks
+    def test_accelToDirectory(self) -> Any:
+        """
+        A redirect to a directory named without its trailing slash serves
+        the directory's index: the client cannot be sent to an internal
+        path with a 301.
+        """
+        status, _, body = yield self.get(b"/accel/files/sub")
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.assertEqual(body, b"the index")
+
+
+class AccessLogTests(TestCase):
+    """
+    The access log names what the client asked for.
+    """
+
+    def test_receivedRequestLogged(self) -> None:
+        from twisted.internet.address import IPv4Address
+
+        from txrevproxy._server import access_log_line
+
+        class Served:
+            method = b"GET"
+            uri = b"/protected/report.pdf"
+            clientproto = b"HTTP/1.1"
+            code = 200
+            sentLength = 29
+            received = (b"POST", b"/download?id=7")
+
+            def getClientAddress(self) -> IPv4Address:
+                return IPv4Address("TCP", "127.0.0.1", 5000)
+
+            def getHeader(self, name: bytes) -> None:
+                return None
+
+        line = access_log_line("[24/Nov/2026:21:00:00 +0000]", Served())
+        self.assertIn('"POST /download?id=7 HTTP/1.1" 200 29', line)
+        del Served.received
+        line = access_log_line("[24/Nov/2026:21:00:00 +0000]", Served())
+        self.assertIn('"GET /protected/report.pdf HTTP/1.1" 200 29', line)

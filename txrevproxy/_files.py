@@ -293,7 +293,10 @@ class FileHandler(Resource):
         try:
             parts, directory = _segments(path, len(request.prepath or ()))
             root = os.path.realpath(self._rootBytes)
-            real, info = self._locate(root, parts, directory)
+            # An internal redirect cannot send the client to DIR/ (a path
+            # an internal rule would refuse it): its index is served at once.
+            internal = bool(getattr(request, "internal_redirects", 0))
+            real, info = self._locate(root, parts, directory, internal)
             opened, info = self._open(real, info)
         except _Redirect:
             location = b"/" + path.lstrip(b"/") + b"/"
@@ -308,7 +311,7 @@ class FileHandler(Resource):
         return self._serve(request, real, name, opened, info)
 
     def _locate(
-        self, root: bytes, parts: list[bytes], directory: bool
+        self, root: bytes, parts: list[bytes], directory: bool, internal: bool = False
     ) -> tuple[bytes, os.stat_result]:
         """
         Find the regular file C{parts} names below C{root}.
@@ -323,7 +326,7 @@ class FileHandler(Resource):
             index, indexInfo = _stat(root, os.path.join(real, INDEX_NAME))
             if not stat.S_ISREG(indexInfo.st_mode):
                 raise _NotFound()
-            if not directory:
+            if not directory and not internal:
                 raise _Redirect()
             return index, indexInfo
         if directory or not stat.S_ISREG(info.st_mode):

@@ -105,6 +105,9 @@ def dispatch(request: Any, target: bytes, kept: list[tuple[bytes, list[bytes]]])
     if count > MAX_REDIRECTS:
         raise TooManyRedirects(f"more than {MAX_REDIRECTS} internal redirects")
     request.internal_redirects = count
+    if count == 1:
+        # The access log tells what the client asked for, not the target.
+        request.received = (request.method, request.uri)
     if request.method != b"HEAD":
         request.method = b"GET"
     path, _, query = target.partition(b"?")

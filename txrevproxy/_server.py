@@ -14,15 +14,41 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.web import http
+from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from ._errorpages import ErrorPages
 from ._request import Limits, ProxyChannel, ProxyRequest
 
-__all__ = ["ProxySite"]
+__all__ = ["ProxySite", "access_log_line"]
 
 _log = Logger()
+
+
+def access_log_line(timestamp: str, request: Any) -> str:
+    """
+    A combined-log-format line for C{request}, naming the method and target
+    the client sent even when an internal redirect served another.
+    """
+    received = getattr(request, "received", None)
+    if received is not None:
+        request = _AsReceived(request, *received)
+    return combinedLogFormatter(timestamp, request)
+
+
+class _AsReceived:
+    """
+    A request seen with the method and target it arrived with.
+    """
+
+    def __init__(self, request: Any, method: bytes, uri: bytes) -> None:
+        self._request = request
+        self.method = method
+        self.uri = uri
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
 
 
 class _Channel(http._GenericHTTPChannelProtocol):  # type: ignore[misc]
@@ -69,6 +95,7 @@ class ProxySite(Site):
         server_tokens: bytes = b"txrevproxy",
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("logFormatter", access_log_line)
         super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
         self.limits = limits
         self.max_connections = max_connections
