@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import stat
 from typing import IO
 
@@ -27,6 +26,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from ._conditional import preconditions
 from ._errorpages import ErrorPages
 
 __all__ = ["FileHandler", "INDEX_NAME"]
@@ -48,7 +48,6 @@ MAX_RANGES = 100
 The most ranges one request may ask for before C{Range} is ignored.
 """
 
-_ENTITY_TAG = re.compile(rb'\s*(\*|(W/)?"[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
 
 
 class _NotFound(Exception):
@@ -110,43 +109,6 @@ def _segments(path: bytes, consumed: int) -> tuple[list[bytes], bool]:
         if decoded:
             parts.append(decoded)
     return parts, (not raw or raw[-1] == b"")
-
-
-def _tags(request: IRequest, name: bytes) -> list[bytes] | None:
-    """
-    The entity-tags of a C{If-Match}/C{If-None-Match} request header.
-
-    @return: L{None} without the header; C{[b"*"]} for C{*}; otherwise the
-        tags as sent (C{W/"x"} or C{"x"}).  An unparsable header gives an
-        empty list, which matches nothing.
-    """
-    values = request.requestHeaders.getRawHeaders(name)
-    if values is None:
-        return None
-    text = b",".join(values).strip()
-    tags: list[bytes] = []
-    pos = 0
-    while pos < len(text):
-        match = _ENTITY_TAG.match(text, pos)
-        if match is None:
-            return []
-        tags.append(match.group(1))
-        pos = match.end()
-    return tags
-
-
-def _date(request: IRequest, name: bytes) -> int | None:
-    """
-    The HTTP-date in request header C{name} as a POSIX time, or L{None} if it
-    is absent or invalid (an invalid date is ignored, RFC 9110 13.1.3).
-    """
-    value = request.getHeader(name)
-    if value is None:
-        return None
-    try:
-        return http.stringToDatetime(value.split(b";", 1)[0].strip())
-    except (ValueError, IndexError, OverflowError):
-        return None
 
 
 class _OneFile(static.File):
@@ -375,7 +337,7 @@ class FileHandler(Resource):
         modified = math.ceil(info.st_mtime)
         resource = None
         try:
-            code = _preconditions(request, etag, modified)
+            code = preconditions(request, etag, modified)
             if code == http.PRECONDITION_FAILED:
                 return self._pages.render(request, code)
             request.setHeader(b"etag", etag)
@@ -412,51 +374,3 @@ def _stat(root: bytes, candidate: bytes) -> tuple[bytes, os.stat_result]:
         raise _NotFound(http.FORBIDDEN)
     except (OSError, ValueError):
         raise _NotFound()
-
-
-def _preconditions(request: IRequest, etag: bytes, modified: int) -> int | None:
-    """
-    Evaluate the conditional headers of a C{GET}/C{HEAD} in RFC 9110 13.2.2
-    order.
-
-    C{If-Modified-Since} is evaluated here and then removed from the request,
-    so L{static.File} never answers a 304 itself (it would send
-    C{Content-Length: 0}), and it is ignored when C{If-None-Match} is present.
-    A failed C{If-Range} removes C{Range}, so L{static.File} (which ignores
-    C{If-Range}) sends the whole file.
-
-    @param etag: The file's (strong) entity-tag.
-    @param modified: Its modification time, in whole seconds as sent in
-        C{Last-Modified}.
-    @return: 412, 304, or L{None} to serve the file.
-    """
-    headers = request.requestHeaders
-    ifMatch = _tags(request, b"if-match")
-    if ifMatch is not None:
-        if b"*" not in ifMatch and etag not in ifMatch:
-            return http.PRECONDITION_FAILED
-    else:
-        since = _date(request, b"if-unmodified-since")
-        if since is not None and modified > since:
-            return http.PRECONDITION_FAILED
-    ifNoneMatch = _tags(request, b"if-none-match")
-    if ifNoneMatch is not None:
-        headers.removeHeader(b"if-modified-since")
-        weak = [tag[2:] if tag.startswith(b"W/") else tag for tag in ifNoneMatch]
-        if b"*" in weak or etag in weak:
-            return http.NOT_MODIFIED
-    else:
-        since = _date(request, b"if-modified-since")
-        headers.removeHeader(b"if-modified-since")
-        if since is not None and since >= modified:
-            return http.NOT_MODIFIED
-    ifRange = request.getHeader(b"if-range")
-    if ifRange is not None and headers.hasHeader(b"range"):
-        ifRange = ifRange.strip()
-        if ifRange.startswith((b'"', b"W/")):
-            holds = ifRange == etag
-        else:
-            holds = _date(request, b"if-range") == modified
-        if not holds:
-            headers.removeHeader(b"range")
-    return None

@@ -13,12 +13,10 @@ program that exits is restarted with back-off, and its output goes to the log.
 from __future__ import annotations
 
 import os
-import sys
 import shlex
 from functools import partial
 from typing import Callable, Mapping, Protocol as _TypingProtocol, Sequence
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
@@ -31,7 +29,8 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.procutils import which
+
+from ._process import Backoff, LineSplitter, findExecutable
 
 __all__ = ["Backoff", "Interpreter", "SpawnFailed", "findExecutable"]
 
@@ -41,39 +40,6 @@ class SpawnFailed(Exception):
     An interpreter source did not accept connections in time, or was stopped
     while a request waited for it.
     """
-
-
-@attrs.frozen
-class Backoff:
-    """
-    An exponential delay schedule. It is used both for restarting a program
-    that exited and for probing a program that has not yet started listening.
-
-    @ivar initial: the first delay, in seconds.
-    @ivar maximum: no delay is longer than this.
-    @ivar factor: each delay is this many times the previous one.
-    """
-
-    initial: float = attrs.field(converter=float, validator=attrs.validators.gt(0))
-    maximum: float = attrs.field(converter=float)
-    factor: float = attrs.field(
-        default=2.0, converter=float, validator=attrs.validators.ge(1)
-    )
-
-    @maximum.validator
-    def _checkMaximum(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if value < self.initial:
-            raise ValueError(f"maximum {value!r} is below initial {self.initial!r}")
-
-    def delay(self, attempt: int) -> float:
-        """
-        @param attempt: how many attempts came before this one (0 for the first).
-        @return: the number of seconds to wait before that attempt.
-        """
-        try:
-            return min(self.maximum, self.initial * self.factor**attempt)
-        except OverflowError:
-            return self.maximum
 
 
 RESTART_BACKOFF = Backoff(0.5, 30.0)
@@ -104,58 +70,6 @@ class _Reactor(_TypingProtocol):
     ) -> IProcessTransport: ...
 
 
-def findExecutable(command: str) -> str | None:
-    """
-    Find the program that C{command} names, so that no shell is needed.
-
-    @param command: a path (if it contains a C{/}), or a name to look up on
-        C{PATH} and then beside the Python running the proxy, where a
-        virtual environment keeps its scripts (C{twist}, C{gunicorn} ...)
-        even when it is not activated.
-    @return: the program's path, or L{None} if nothing executable is found.
-    """
-    if os.sep in command:
-        return command if os.access(command, os.X_OK) else None
-    found = which(command)
-    if found:
-        return found[0]
-    beside = os.path.join(os.path.dirname(sys.executable), command)
-    return beside if os.access(beside, os.X_OK) else None
-
-
-class _LineSplitter:
-    """
-    Split a child's output stream into lines. Lines longer than a limit are
-    cut, so that one long line cannot fill the log.
-    """
-
-    def __init__(self, emit: Callable[[bytes, bool], None], maximum: int) -> None:
-        self._emit = emit
-        self._maximum = maximum
-        self._buffer = b""
-        self._discarding = False
-
-    def feed(self, data: bytes) -> None:
-        lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()
-        for line in lines:
-            if self._discarding:
-                self._discarding = False
-            else:
-                self._emit(line[: self._maximum], len(line) > self._maximum)
-        if len(self._buffer) > self._maximum:
-            if not self._discarding:
-                self._emit(self._buffer[: self._maximum], True)
-            self._discarding = True
-            self._buffer = b""
-
-    def flush(self) -> None:
-        if self._buffer and not self._discarding:
-            self._emit(self._buffer, False)
-        self._buffer = b""
-        self._discarding = False
-
-
 class _Child(ProcessProtocol):
     """
     One run of the supervised program. It reports output and exit to its
@@ -168,7 +82,7 @@ class _Child(ProcessProtocol):
         self._interpreter = interpreter
         self.startedAt = 0.0
         self._streams = {
-            fd: _LineSplitter(partial(interpreter._outputLine, self, stream), maxLineLength)
+            fd: LineSplitter(partial(interpreter._outputLine, self, stream), maxLineLength)
             for fd, stream in ((1, "stdout"), (2, "stderr"))
         }
 
