@@ -40,7 +40,7 @@ def make_pool(reactor: Any, settings: ProxySettings) -> HTTPConnectionPool:
     """
     pool = StrictPool(reactor, persistent=settings.allow_keepalive)
     pool.maxPersistentPerHost = settings.reuse_connections
-    pool.cachedConnectionTimeout = settings.keepalive_timeout
+    pool.cachedConnectionTimeout = settings.keepalive_timeout  # type: ignore[assignment]
     # Retries are the exchange's decision (one try per source, SPEC §3),
     # not the pool's silent second try on the same source.
     pool.retryAutomatically = False
@@ -80,7 +80,7 @@ class SourceAgent:
             target = URI.fromBytes(uri).originForm
         persistent = self.pool.persistent
         request = Request(method, target, headers or Headers(), bodyProducer, persistent)
-        d = self.pool.getConnection(self.prefix, self.endpoint)
+        d: Deferred[Any] = self.pool.getConnection(self.prefix, self.endpoint)
         d.addCallback(_send, request)
         return d
 

@@ -170,6 +170,8 @@ class _HandshakeGate(Protocol):
     C{max_fails}.  After the handshake it only passes bytes through.
     """
 
+    transport: Any  # the TLS transport
+
     def __init__(self, factory: IProtocolFactory, reactor: IReactorTime, timeout: float) -> None:
         self._factory = factory
         self._reactor = reactor

@@ -414,6 +414,8 @@ class _Discard(Protocol):
     busy in the pool.
     """
 
+    transport: Any  # the body's TransportProxyProducer
+
     def connectionMade(self) -> None:
         self.transport.stopProducing()
 
@@ -424,6 +426,7 @@ class _Drain(Protocol):
     pool; a long one is cut, and its connection closed, instead.
     """
 
+    transport: Any  # the body's TransportProxyProducer
     _left = 65536
 
     def dataReceived(self, data: bytes) -> None:

@@ -131,8 +131,8 @@ class _OneFile(static.File):
         self._opened = opened
         self._info = info
         self.handedOver = False
-        self.childNotFound = pages.resource(http.NOT_FOUND)
-        self.forbidden = pages.resource(http.FORBIDDEN)
+        self.childNotFound = pages.resource(http.NOT_FOUND)  # type: ignore[assignment]
+        self.forbidden = pages.resource(http.FORBIDDEN)  # type: ignore[assignment]
         # The type comes from the name requested (as nginx does), so a link
         # "a.txt -> blob" is text/plain.  No Content-Encoding from an
         # extension: a .gz download is application/gzip, not a body that
@@ -178,7 +178,7 @@ class _OneFile(static.File):
         if byteRange is not None and not self._rangesReasonable(byteRange):
             request.requestHeaders.removeHeader(b"range")
         producer: static.StaticProducer = super().makeProducer(request, fileForReading)
-        if request.code == http.REQUESTED_RANGE_NOT_SATISFIABLE:
+        if request.code == http.REQUESTED_RANGE_NOT_SATISFIABLE:  # type: ignore[attr-defined]
             producer = static.SingleRangeStaticProducer(request, fileForReading, 0, 0)
         return producer
 

@@ -321,6 +321,8 @@ class _Discard(Protocol):
     Cancelling C{done} closes the connection, which cannot be reused.
     """
 
+    transport: Any  # the body's TransportProxyProducer
+
     def __init__(self, response: IResponse) -> None:
         self.code = response.code
         self.done: Deferred[int] = Deferred(lambda d: self.transport.stopProducing())

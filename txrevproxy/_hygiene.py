@@ -22,7 +22,7 @@ them fails loudly here rather than quietly elsewhere.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
@@ -49,6 +49,7 @@ class StrictParser(HTTPClientParser):
     """
 
     _head_size = 0
+    protocol: Any = None  # the connection, told about Keep-Alive: timeout
 
     def lineReceived(self, line: bytes) -> None:
         self._head_size += len(line) + 2
@@ -126,7 +127,7 @@ class _StrictProtocol(HTTP11ClientProtocol):
             # The parser is created inside request() and has seen no byte
             # yet; giving it our subclass changes nothing else about it.
             parser.__class__ = StrictParser
-            parser.protocol = self
+            cast(StrictParser, parser).protocol = self
         return result
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 from functools import partial
-from typing import Callable, Mapping, Protocol as _TypingProtocol, Sequence
+from typing import Any, Callable, Mapping, Protocol as _TypingProtocol, Sequence, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -24,6 +24,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IProcessProtocol,
     IProcessTransport,
+    IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
@@ -165,7 +166,7 @@ class Interpreter(Service):
             raise ValueError(f"source {name!r}: empty command line")
         if not spawn_timeout > 0:
             raise ValueError(f"source {name!r}: spawn_timeout must be positive")
-        self.name = name
+        self.name = name  # type: ignore[assignment]  # (Service.name is typed None)
         self._argv = tuple(argv)
         self._extraEnv = dict(env)
         self._endpoint = endpoint
@@ -319,8 +320,8 @@ class Interpreter(Service):
 
     def _probe(self, child: _Child) -> None:
         self._probeCall = None
-        attempt = self._endpoint.connect(Factory.forProtocol(Protocol))
-        attempt.addTimeout(_PROBE_TIMEOUT, self._reactor)
+        attempt: Deferred[Any] = self._endpoint.connect(Factory.forProtocol(Protocol))
+        attempt.addTimeout(_PROBE_TIMEOUT, cast(IReactorTime, self._reactor))
         self._probing = attempt
         attempt.addCallbacks(
             self._probeSucceeded, self._probeFailed,

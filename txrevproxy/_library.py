@@ -41,7 +41,7 @@ def proxy_resource(
         an L{Agent} with its own keep-alive pool.
     """
     if settings is None:
-        settings = ProxySettings(sources=[source.name for source in sources])
+        settings = ProxySettings(sources=[source.name for source in sources])  # type: ignore[misc]
     if agents is None:
         agents = [make_agent(reactor, s, settings, make_pool(reactor, settings)) for s in sources]
     backends = [Backend.of(source, agent) for source, agent in zip(sources, agents)]

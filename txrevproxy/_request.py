@@ -27,6 +27,7 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.internet.error import ConnectionLost
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.server import Request, version as twisted_version
@@ -79,6 +80,8 @@ class ProxyRequest(Request):
         HTTP/2).
     """
 
+    channel: Any  # the ProxyChannel, or an H2Stream for HTTP/2
+    content: Any
     body_stream: Optional[RequestBody] = None
     header_overrides: list[tuple[bytes, list[bytes]]] = []
     _streaming = False
@@ -214,6 +217,9 @@ class ProxyChannel(HTTPChannel):
     head is complete.
     """
 
+    site: Any  # the ProxySite (set by it when building the channel)
+    transport: Any
+
     MAX_LENGTH = _DEFAULT.max_line
     # Twisted's own head limits answer a bare 400; ours (below them) answer
     # 431 with a page.
@@ -316,7 +322,7 @@ class ProxyChannel(HTTPChannel):
             return
         super().allContentReceived()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_header_timer()
         super().connectionLost(reason)
 
@@ -332,7 +338,7 @@ class ProxyChannel(HTTPChannel):
 
     def _header_timeout(self) -> None:
         self._header_timer = None
-        if self._head_lines or getattr(self, "_buffer", b"") or self._dataBuffer:
+        if self._head_lines or getattr(self, "_buffer", None) or self._dataBuffer:
             self._reject(408, "request head not complete within header_timeout")
         else:
             self._rejected = True

@@ -166,6 +166,8 @@ class ResponseRelay(Protocol):
     @ivar received: Whether any body byte arrived from the backend.
     """
 
+    transport: Any  # the body's TransportProxyProducer (an IPushProducer)
+
     def __init__(
         self,
         request: Any,

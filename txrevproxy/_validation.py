@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Union
 
 import attrs
@@ -98,8 +98,18 @@ class Rejection:
     @ivar reason: Short text for the log, never sent to the client.
     """
 
-    status: int = attrs.field(validator=[attrs.validators.instance_of(int), _check_status])
-    reason: str = attrs.field(validator=[attrs.validators.instance_of(str), attrs.validators.min_len(1)])
+    status: int = attrs.field(
+        validator=attrs.validators.and_(attrs.validators.instance_of(int), _check_status)
+    )
+    reason: str = attrs.field(
+        validator=attrs.validators.and_(
+            attrs.validators.instance_of(str), attrs.validators.min_len(1)
+        )
+    )
+
+
+def _names(names: Iterable[bytes]) -> tuple[bytes, ...]:
+    return tuple(names)
 
 
 @attrs.frozen
@@ -131,7 +141,7 @@ class Target:
     absolute: bool = attrs.field(validator=attrs.validators.instance_of(bool))
     dropped: tuple[bytes, ...] = attrs.field(
         default=(),
-        converter=tuple,
+        converter=_names,
         validator=attrs.validators.deep_iterable(attrs.validators.instance_of(bytes)),
     )
 
@@ -341,5 +351,5 @@ def validate_head(
         return rejection
 
     if absolute_authority is None or absolute_host is None:
-        return Target(header_host, header_authority, path, query, False, tuple(dropped))
-    return Target(absolute_host, absolute_authority, path, query, True, tuple(dropped))
+        return Target(header_host, header_authority, path, query, False, list(dropped))
+    return Target(absolute_host, absolute_authority, path, query, True, list(dropped))

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
@@ -96,7 +96,10 @@ class _SharedListener(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         port, self._port = self._port, None
-        return maybeDeferred(port.stopListening) if port is not None else maybeDeferred(lambda: None)
+        if port is None:
+            return succeed(None)
+        stopping: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
+        return stopping
 
 
 def shared_listener(reactor: Any, description: str, factory: Any) -> Service:
