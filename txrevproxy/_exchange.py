@@ -43,12 +43,25 @@ __all__ = ["Exchange", "IDEMPOTENT"]
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
+def _headers(pairs: list[tuple[bytes, bytes]]) -> Headers:
+    """
+    A L{Headers} holding C{pairs}, repeated names kept in order.
+    """
+    grouped: dict[bytes, list[bytes]] = {}
+    for name, value in pairs:
+        grouped.setdefault(name, []).append(value)
+    return Headers(grouped)
+
+
 class Exchange:
     """
     One proxied request: its attempts at the backends and its response.
+
+    @ivar backend: The backend of the current (or last) attempt.
     """
 
     _log = Logger()
+    backend: Backend
 
     def __init__(self, proxy: ReverseProxyResource, request: Any, peer: Peer, target: bytes) -> None:
         """
@@ -113,7 +126,7 @@ class Exchange:
             self.fell_back = True
         candidates = proxy.health.candidates(untried)
         client = "" if self.peer.client is None else str(self.peer.client)
-        return proxy._by_name[proxy.balancer.choose(client, candidates)]
+        return proxy.by_name[proxy.balancer.choose(client, candidates)]
 
     def _attempt(self, again: Optional[Backend] = None) -> None:
         self.timed_out = False
@@ -135,13 +148,10 @@ class Exchange:
         proxy, request = self.proxy, self.request
         host = self.client_host if proxy.settings.preserve_host and self.client_host else backend.host
         headers = proxy.policy.request_headers(self.raw_headers, host, self.client_host, self.peer)
-        raw: dict[bytes, list[bytes]] = {}
-        for name, value in headers:
-            raw.setdefault(name, []).append(value)
         proxy.balancer.started(backend.name)
         self.in_flight = backend.name
         d = backend.agent.request(
-            request.method, backend.uri_prefix + self.target, Headers(raw), self.body
+            request.method, backend.uri_prefix + self.target, _headers(headers), self.body
         )
         self.pending = d
         self._start_timer(d)
@@ -311,10 +321,7 @@ class Exchange:
         headers = proxy.policy.reply_headers(response.headers.getAllRawHeaders(), proxy.server_tokens)
         out = request.responseHeaders
         date = out.getRawHeaders(b"date")
-        raw: dict[bytes, list[bytes]] = {}
-        for name, value in headers:
-            raw.setdefault(name, []).append(value)
-        request.responseHeaders = out = Headers(raw)
+        request.responseHeaders = out = _headers(headers)
         if date:
             out.setRawHeaders(b"date", date)
         if request.method == b"HEAD":

@@ -55,6 +55,7 @@ class ReverseProxyResource(Resource):
     Forwards requests to a set of backends picked by a balancer.
 
     @ivar backends: The sources, in configuration order.
+    @ivar by_name: The same, by source name.
     """
 
     isLeaf = True
@@ -88,9 +89,9 @@ class ReverseProxyResource(Resource):
             reply_rewrite=settings.reply_rewrite,
             preserve_server=settings.preserve_server,
         )
-        self._by_name = {backend.name: backend for backend in self.backends}
+        self.by_name = {backend.name: backend for backend in self.backends}
         self.health = SourceHealth(
-            list(self._by_name), settings.max_fails, settings.fail_timeout, reactor, rule=name
+            list(self.by_name), settings.max_fails, settings.fail_timeout, reactor, rule=name
         )
         # Buffered bodies (HTTP/2, or a tree whose requests are not ours)
         # are read from disk in steps on this reactor, not the global one.
