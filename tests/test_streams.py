@@ -23,7 +23,7 @@ from twisted.web.http import HTTPChannel, PotentialDataLoss, Request
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface.verify import verifyObject
 
-from txrevproxy._streams import RequestBody, ResponseRelay
+from txrevproxy._streams import ReadTimeout, RequestBody, ResponseRelay
 
 
 class RequestBodyTests(SynchronousTestCase):
@@ -223,7 +223,19 @@ class ResponseRelayTests(SynchronousTestCase):
         self.relay.connectionLost(Failure(ResponseFailed([Failure(ConnectionLost())])))
         [result] = self.results
         assert result is not None
-        self.assertTrue(result.check(ResponseFailed))
+        self.assertTrue(result.check(ReadTimeout))
+
+    def test_idleTimeoutWithoutLength(self) -> None:
+        """
+        A body with no length ends when the backend closes, so Twisted
+        reports the timeout's close as a normal end (PotentialDataLoss):
+        the relay still reports the timeout, never a complete body.
+        """
+        self.clock.advance(self.idle)
+        self.relay.connectionLost(Failure(PotentialDataLoss()))
+        [result] = self.results
+        assert result is not None
+        self.assertTrue(result.check(ReadTimeout))
 
     def test_dataResetsTimer(self) -> None:
         self.clock.advance(4)

@@ -899,6 +899,17 @@ class HTTP2EdgeTests(_Case):
             self.assertIsNotNone(response["reset"])
 
     @inlineCallbacks
+    def test_connectWithOversizedBody(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        An HTTP/2 C{CONNECT} whose body is over C{max_body_size} is refused
+        on its stream (413), without disturbing the connection.
+        """
+        port = yield self.serve(server="max_body_size = 1000\n")
+        connect = [(b":method", b"CONNECT"), (b":authority", b"front.test")]
+        _, [response] = yield h2_exchange(port, self.ca, [(connect, b"x" * 2000)])
+        self.assertIn(status_of(response), (405, 413))
+
+    @inlineCallbacks
     def test_validated(self) -> Generator[Deferred[Any], Any, None]:
         """
         HTTP/2 request heads get the checks HTTP/1.1 heads get: a control

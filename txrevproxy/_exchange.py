@@ -80,6 +80,8 @@ class Exchange:
         self.gone = False
         self.timed_out = False
         self.timer: Optional[IDelayedCall] = None
+        self.send_timer: Optional[IDelayedCall] = None
+        self.current: Optional[Deferred[Any]] = None
         self.in_flight: Optional[str] = None
         self.renewed: set[tuple[str, str]] = set()
         self.fell_back = False
@@ -153,19 +155,42 @@ class Exchange:
         d = backend.agent.request(
             request.method, backend.uri_prefix + self.target, _headers(headers), self.body
         )
-        self.pending = d
+        self.pending = self.current = d
         self._start_timer(d)
+        if isinstance(self.body, RequestBody):
+            self.body.stalled = lambda stalled: self._send_stalled(d, stalled)
         return d
 
-    def _start_timer(self, d: Deferred[Any]) -> None:
-        def expire() -> None:
-            self.timer = None
+    def _send_stalled(self, d: Deferred[Any], stalled: bool) -> None:
+        """
+        The backend stopped (or resumed) taking the request body: a backend
+        that stays stalled for C{read_timeout} is as silent as one that
+        does not answer, and the attempt times out.
+        """
+        if self.send_timer is not None and self.send_timer.active():
+            self.send_timer.cancel()
+        self.send_timer = None
+        if stalled and self._waiting(d):
+            self.send_timer = self.proxy.reactor.callLater(self.proxy.settings.read_timeout, self._expire, d)
+
+    def _waiting(self, d: Deferred[Any]) -> bool:
+        """
+        Whether the attempt that sent C{d} is still waiting for its
+        response head (C{d.called} does not tell: a Deferred chained to
+        another counts as called while it waits).
+        """
+        return self.current is d and not self.gone
+
+    def _expire(self, d: Deferred[Any]) -> None:
+        self.timer = self.send_timer = None
+        if self._waiting(d):
             self.timed_out = True
             d.cancel()
 
+    def _start_timer(self, d: Deferred[Any]) -> None:
         def arm() -> None:
-            if not d.called and not self.gone:
-                self.timer = self.proxy.reactor.callLater(self.proxy.settings.read_timeout, expire)
+            if self._waiting(d):
+                self.timer = self.proxy.reactor.callLater(self.proxy.settings.read_timeout, self._expire, d)
 
         stream = self.body if isinstance(self.body, RequestBody) else None
         if stream is None:
@@ -174,10 +199,10 @@ class Exchange:
             stream.when_complete(arm)
 
     def _stop_timer(self) -> None:
-        if self.timer is not None:
-            if self.timer.active():
-                self.timer.cancel()
-            self.timer = None
+        for timer in (self.timer, self.send_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.timer = self.send_timer = None
 
     def _release(self) -> None:
         """
@@ -190,6 +215,7 @@ class Exchange:
 
     def _attempt_failed(self, reason: Failure) -> None:
         self._stop_timer()
+        self.current = None
         self._release()
         if self.gone or self.request.finished:
             return  # (Answered already: say, 413 while the body streamed.)
@@ -297,6 +323,7 @@ class Exchange:
 
     def _got_response(self, response: IResponse) -> None:
         self._stop_timer()
+        self.current = None
         self.pending = None
         self.proxy.health.succeeded(self.backend.name)
         if self.gone:

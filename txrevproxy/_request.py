@@ -153,7 +153,7 @@ class ProxyRequest(Request):
             self.body_stream.finish()
             return
         if self._too_large:
-            self._refuse(command, path, version, 413)
+            self._refuse(command, path or b"*", version, 413)
             return
         if not isinstance(self.channel, ProxyChannel):
             # HTTP/2: the head arrives whole, body read, through H2Stream;
@@ -193,6 +193,10 @@ class ProxyRequest(Request):
             # Twisted's Request.process names Twisted; handlers that do not
             # set their own Server (files, redirects, errors) say ours.
             self.responseHeaders.setRawHeaders(b"server", [tokens])
+        if self.clientproto != b"HTTP/2" and not getattr(self.channel, "persistent", True):
+            # The connection closes after this response: say so (RFC 9112
+            # §9.6), whoever built the headers (a backend's replace ours).
+            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
         if self.header_overrides:
             # An internal redirect's kept headers replace the target's own,
             # unless the target failed (its error page is HTML, whatever

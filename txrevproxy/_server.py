@@ -60,10 +60,12 @@ class _Channel(http._GenericHTTPChannelProtocol):  # type: ignore[misc]
 
     def dataReceived(self, data: bytes) -> None:
         before = self._channel
-        super().dataReceived(data)
-        if self._channel is not before and isinstance(before, ProxyChannel):
-            # Switched to HTTP/2: the HTTP/1.1 channel's head timer is moot.
-            before._stop_header_timer()
+        try:
+            super().dataReceived(data)
+        finally:
+            if self._channel is not before and isinstance(before, ProxyChannel):
+                # Switched to HTTP/2: the HTTP/1.1 channel's head timer is moot.
+                before._stop_header_timer()
 
     def connectionLost(self, reason: Any) -> None:
         self.factory.connections -= 1

@@ -24,7 +24,14 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-__all__ = ["RequestBody", "ResponseRelay"]
+__all__ = ["ReadTimeout", "RequestBody", "ResponseRelay"]
+
+
+class ReadTimeout(Exception):
+    """
+    A backend said nothing for C{read_timeout} seconds in the middle of a
+    response body.
+    """
 
 # Bytes held for a backend that cannot take them yet before the client is
 # paused: one socket read's worth, so a fast client cannot grow it.
@@ -43,6 +50,9 @@ class RequestBody:
     @ivar started: Whether any byte has been handed to a backend; once it
         has, the request cannot be sent again.
     @ivar complete: Whether the client's body has fully arrived.
+    @ivar stalled: Told C{True} when the backend stops taking the body
+        (its connection's buffers are full) and C{False} when it takes it
+        again.
     """
 
     def __init__(
@@ -64,6 +74,7 @@ class RequestBody:
         self._on_complete: list[Callable[[], None]] = []
         self.started = False
         self.complete = False
+        self.stalled: Callable[[bool], None] = lambda stalled: None
 
     # The client side.
 
@@ -126,12 +137,14 @@ class RequestBody:
 
     def pauseProducing(self) -> None:
         self._paused = True
+        self.stalled(True)
         if not self._client_paused:
             self._client_paused = True
             self._pause_client()
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self.stalled(False)
         self._flush()
 
     def stopProducing(self) -> None:
@@ -199,7 +212,11 @@ class ResponseRelay(Protocol):
             self._request.unregisterProducer()
         if self._stopped:
             return
-        if reason.check(ResponseDone, PotentialDataLoss):
+        if self.timed_out:
+            # Cut by read_timeout: with no length, the close would otherwise
+            # look like the body's natural end.
+            self._done(Failure(ReadTimeout(f"backend silent for {self._idle_timeout:g} s")))
+        elif reason.check(ResponseDone, PotentialDataLoss):
             self._done(None)
         else:
             self._done(reason)
