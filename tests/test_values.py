@@ -187,3 +187,22 @@ class TokenTests(SynchronousTestCase):
             self.assertTrue(is_token(name), name)
         for name in (b"", b"a b", b"a:b", b"a\x00", b"(x)", b"caf\xc3\xa9", b"a\r\nb"):
             self.assertFalse(is_token(name), name)
+
+
+class RewriteTemplateTests(SynchronousTestCase):
+    """
+    A replacement is checked when the file is read, not when it first
+    matches (a bad one would otherwise be a 500 at run time).
+    """
+
+    def test_badTemplates(self) -> None:
+        from txrevproxy._values import parse_rewrites
+
+        for line in ("^/a/(.*) /b/$2", "^/a/ /b/\\q", "^/(?P<x>a) /\\g<y>"):
+            self.assertRaises(ValueError, parse_rewrites, line)
+
+    def test_namedGroup(self) -> None:
+        from txrevproxy._values import parse_rewrites
+
+        [rewrite] = parse_rewrites("^/(?P<x>a)/(b) /\\g<x>-$2")
+        self.assertEqual(rewrite.apply("/a/b"), "/a-b")

@@ -244,26 +244,20 @@ def parse_rewrites(text: str) -> tuple[Rewrite, ...]:
             raise ValueError(f"bad regular expression {parts[0]!r}: {e}") from None
         replacement = _template(parts[1])
         try:
-            pattern.sub(replacement, "") if pattern.search("") else None
-            _check_groups(pattern, replacement)
+            _check_template(pattern, replacement)
         except (re.error, IndexError) as e:
             raise ValueError(f"bad replacement {parts[1]!r}: {e}") from None
         rewrites.append(Rewrite(pattern, replacement))
     return tuple(rewrites)
 
 
-def _check_groups(pattern: re.Pattern[str], replacement: str) -> None:
-    for ref in re.findall(r"\\g<(\d+)>|\\(\d+)", replacement):
-        number = int(ref[0] or ref[1])
-        if number > pattern.groups:
-            raise re.error(f"group {number} does not exist in the pattern")
-
-
-def as_tuple(value: Sequence[object] | str) -> tuple[object, ...]:
+def _check_template(pattern: re.Pattern[str], replacement: str) -> None:
     """
-    Convert a list given in code (or one whitespace-separated string) to a
-    tuple, so configuration objects built without a file are immutable too.
+    Expand C{replacement} once against an empty match of a pattern with the
+    same groups, so a bad escape or a group the pattern lacks fails now.
     """
-    if isinstance(value, str):
-        return tuple(value.split())
-    return tuple(value)
+    names = {number: name for name, number in pattern.groupindex.items()}
+    groups = "".join(
+        f"(?P<{names[n]}>)" if n in names else "()" for n in range(1, pattern.groups + 1)
+    )
+    re.compile(groups).sub(replacement, "")
