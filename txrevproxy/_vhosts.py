@@ -10,7 +10,7 @@ handlers never look back up.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 from urllib.parse import quote
 
@@ -21,10 +21,13 @@ from twisted.web.resource import IResource, Resource
 from ._config import RuleConfig
 from ._errorpages import ErrorPages
 from ._headers import request_peer
-from ._rules import RequestFacts, matches_all, normalize_path
+from ._rules import Default, RequestFacts, matches_all, normalize_path
 from ._values import Network
 
 __all__ = ["Route", "VServer", "VirtualHosts", "host_name"]
+
+
+_ALWAYS = (Default(),)
 
 
 def host_name(authority: bytes) -> bytes:
@@ -59,14 +62,23 @@ class VServer:
     routes: tuple[Route, ...]
     pages: ErrorPages = ErrorPages()
 
-    def route(self, facts: RequestFacts, internal: bool = False) -> Optional[Route]:
+    def route(self, facts: Callable[[], RequestFacts], internal: bool = False) -> Optional[Route]:
         """
         The first route whose rule matches, or L{None}.  A client request
         (not C{internal}) that matches an internal rule gets L{None}, so it
         is answered 404 as if nothing matched (nginx's C{internal}).
+
+        @param facts: Makes what the conditions look at; not called when
+            the first rule to try matches everything (C{match = default}).
         """
+        known: Optional[RequestFacts] = None
         for route in self.routes:
-            if matches_all(route.rule.match, facts):
+            if route.rule.match == _ALWAYS:
+                matched = True
+            else:
+                known = known or facts()
+                matched = matches_all(route.rule.match, known)
+            if matched:
                 if route.rule.internal and not internal:
                     return None
                 return route
@@ -146,7 +158,8 @@ class VirtualHosts(Resource):
 
     def render(self, request: Any) -> Any:
         vserver = self.select(request.getHeader(b"host") or b"")
-        route = vserver.route(self.facts(request), getattr(request, "internal_redirects", 0) > 0)
+        internal = getattr(request, "internal_redirects", 0) > 0
+        route = vserver.route(lambda: self.facts(request), internal)
         if route is None:
             return vserver.pages.render(request, 404)
         prefix = route.rule.strip_prefix if route.rule.strip_directory else None
