@@ -114,19 +114,26 @@ class Exchange:
 
     # Dispatch.
 
+    def _untried(self) -> list[str]:
+        """
+        The sources not tried yet for this request, in configuration order.
+        """
+        tried = {name for name, _ in self.tried}
+        return [backend.name for backend in self.proxy.backends if backend.name not in tried]
+
     def _choose(self) -> Optional[Backend]:
         proxy = self.proxy
-        tried = {name for name, _ in self.tried}
-        untried = [b.name for b in proxy.backends if b.name not in tried]
+        untried = self._untried()
         if not untried:
             return None
-        if not any(proxy.health.in_rotation(name) for name in untried):
-            # Every source left is out of rotation: one is tried anyway,
-            # once per request, rather than failing without trying.
+        candidates = proxy.health.candidates(untried)
+        if not proxy.health.in_rotation(candidates[0]):
+            # (candidates() gives every source left when none is in
+            # rotation.)  One is tried anyway, once per request, rather
+            # than failing without trying.
             if self.fell_back:
                 return None
             self.fell_back = True
-        candidates = proxy.health.candidates(untried)
         client = "" if self.peer.client is None else str(self.peer.client)
         return proxy.by_name[proxy.balancer.choose(client, candidates)]
 
@@ -155,7 +162,7 @@ class Exchange:
         d = backend.agent.request(
             request.method, backend.uri_prefix + self.target, _headers(headers), self.body
         )
-        self.pending = self.current = d
+        self.current = d
         self._start_timer(d)
         if isinstance(self.body, RequestBody):
             self.body.stalled = lambda stalled: self._send_stalled(d, stalled)
@@ -254,9 +261,6 @@ class Exchange:
         self.renewed.add(cause)
         return True
 
-    def _untried(self) -> bool:
-        tried = {name for name, _ in self.tried}
-        return any(backend.name not in tried for backend in self.proxy.backends)
 
     def _describe(self, reason: Failure) -> str:
         if self.timed_out:
