@@ -314,10 +314,6 @@ class Exchange:
         request = self.request
         if self.gone:
             return
-        if isinstance(self.body, RequestBody) and not self.body.complete:
-            # The rest of the body will not be read: the connection cannot
-            # carry another request.
-            request.channel.persistent = False
         request.responseHeaders.setRawHeaders(b"server", [self.proxy.server_tokens])
         body = self.proxy.pages.render(request, status)
         request.write(body)
@@ -364,8 +360,6 @@ class Exchange:
             # (A 304's length would be that of the 200 it stands for, which
             # Agent does not keep: it is left out, as RFC 9110 §8.6 allows.)
             out.setRawHeaders(b"content-length", [b"%d" % response.length])
-        if isinstance(self.body, RequestBody) and not self.body.complete:
-            request.channel.persistent = False
         self.relay = ResponseRelay(request, proxy.reactor, proxy.settings.read_timeout, self._relayed)
         response.deliverBody(self.relay)
 

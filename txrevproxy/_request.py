@@ -137,9 +137,10 @@ class ProxyRequest(Request):
         stream.fail(Failure(BodyTooLarge()))
 
     def _error(self, status: int) -> None:
+        # After a refusal nothing more is read from this connection.
+        if isinstance(self.channel, ProxyChannel):
+            self.channel.persistent = False
         self.setResponseCode(status)
-        if self.clientproto != b"HTTP/2":
-            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
         if status == 405:
             self.responseHeaders.setRawHeaders(b"allow", [_ALLOW])
         body = self.channel.site.error_body(self.getHeader(b"host") or b"", status, self.method)
@@ -175,8 +176,6 @@ class ProxyRequest(Request):
     def _refuse(self, command: bytes, path: bytes, version: bytes, status: int) -> None:
         self.method, self.uri, self.clientproto = command, path, version
         self.path = path.partition(b"?")[0]
-        if isinstance(self.channel, ProxyChannel):
-            self.channel.persistent = False
         self._error(status)
 
     def write(self, data: bytes) -> None:
@@ -193,10 +192,15 @@ class ProxyRequest(Request):
             # Twisted's Request.process names Twisted; handlers that do not
             # set their own Server (files, redirects, errors) say ours.
             self.responseHeaders.setRawHeaders(b"server", [tokens])
-        if self.clientproto != b"HTTP/2" and not getattr(self.channel, "persistent", True):
-            # The connection closes after this response: say so (RFC 9112
-            # §9.6), whoever built the headers (a backend's replace ours).
-            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        if isinstance(self.channel, ProxyChannel):
+            if self.body_stream is not None and not self.body_stream.complete:
+                # Answered before its body is in: the rest of the body will
+                # never be read, so nothing after it on this connection can
+                # be parsed.
+                self.channel.persistent = False
+            if not self.channel.persistent:
+                # Say so (RFC 9112 §9.6), whoever built the headers.
+                self.responseHeaders.setRawHeaders(b"connection", [b"close"])
         if self.header_overrides:
             # An internal redirect's kept headers replace the target's own,
             # unless the target failed (its error page is HTML, whatever
@@ -206,12 +210,6 @@ class ProxyRequest(Request):
                     self.responseHeaders.setRawHeaders(name, values)
             self.header_overrides = []
 
-    def finish(self) -> None:
-        if self.body_stream is not None and not self.body_stream.complete:
-            # The rest of the body will never be read, so nothing after it
-            # on this connection can be parsed: close once this is done.
-            self.channel.persistent = False
-        super().finish()
 
 
 class ProxyChannel(HTTPChannel):
