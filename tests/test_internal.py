@@ -392,3 +392,31 @@ class AccessLogTests(TestCase):
         del Served.received
         line = access_log_line("[24/Nov/2026:21:00:00 +0000]", Served())
         self.assertIn('"GET /protected/report.pdf HTTP/1.1" 200 29', line)
+
+
+class AccessLogFileTests(TestCase):
+    """
+    C{access_log = PATH}: one combined-log-format line per request.
+    """
+
+    timeout = 10
+
+    async def test_lineWritten(self) -> None:
+        from tests.helpers import proxyConfig, startBackend, socketExchange
+
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "access.log")
+        backend = startBackend(self)
+        proxy = await startProxy(self, proxyConfig([backend.port], server={"access_log": path}))
+        await socketExchange(
+            proxy.port,
+            b"GET /a?b=1 HTTP/1.1\r\nHost: example\r\nUser-Agent: probe/1\r\nConnection: close\r\n\r\n",
+        )
+        with open(path) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(
+            lines[0],
+            r'^"127\.0\.0\.1" - - \[[^\]]+\] "GET /a\?b=1 HTTP/1\.1" 200 (\d+|-) "-" "probe/1"$',
+        )
