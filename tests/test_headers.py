@@ -262,7 +262,7 @@ class ReplyHeadersTests(SynchronousTestCase):
     def build(
         self, *pairs: tuple[bytes, bytes], policy: HeaderPolicy | None = None
     ) -> list[tuple[bytes, bytes]]:
-        return (policy or HeaderPolicy()).reply_headers(grouped(*pairs), b"txrevproxy")
+        return (policy or HeaderPolicy()).reply_headers(list(pairs), b"txrevproxy")
 
     def test_hopByHopAndInternalRemoved(self) -> None:
         out = self.build(

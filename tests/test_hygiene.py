@@ -211,12 +211,12 @@ class KeepAliveTimeoutTests(TestCase):
     """
 
     def test_parsed(self) -> None:
-        from txrevproxy._hygiene import _keepalive_timeout
+        from txrevproxy._framing import keepalive_timeout
 
-        self.assertEqual(_keepalive_timeout([b"timeout=5, max=100"]), 5.0)
-        self.assertEqual(_keepalive_timeout([b"max=100", b" Timeout = 2"]), 2.0)
-        self.assertIsNone(_keepalive_timeout([b"max=100"]))
-        self.assertIsNone(_keepalive_timeout([b"timeout=soon"]))
+        self.assertEqual(keepalive_timeout([b"timeout=5, max=100"]), 5.0)
+        self.assertEqual(keepalive_timeout([b"max=100", b" Timeout = 2"]), 2.0)
+        self.assertIsNone(keepalive_timeout([b"max=100"]))
+        self.assertIsNone(keepalive_timeout([b"timeout=soon"]))
 
     @inlineCallbacks
     def test_evictedBeforeBackendTimeout(self) -> Any:

@@ -18,14 +18,15 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool, URI
-from twisted.web._newclient import Request
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ._config import ProxySettings, SourceAddress, SourceConfig
 from ._endpoints import source_endpoint
-from ._hygiene import StrictPool
+from ._client import BackendProtocol, Pairs
+from ._headers import headers_of
+from ._pool import BackendPool
 
 __all__ = ["Backend", "AgentFactory", "SourceAgent", "make_agent", "make_pool"]
 
@@ -38,7 +39,7 @@ def make_pool(reactor: Any, settings: ProxySettings) -> HTTPConnectionPool:
     """
     The keep-alive pool a rule's settings ask for.
     """
-    pool = StrictPool(reactor, persistent=settings.allow_keepalive)
+    pool = BackendPool(reactor, persistent=settings.allow_keepalive)
     pool.maxPersistentPerHost = settings.reuse_connections
     pool.cachedConnectionTimeout = settings.keepalive_timeout  # type: ignore[assignment]
     # Retries are the exchange's decision (one try per source, SPEC §3),
@@ -74,25 +75,40 @@ class SourceAgent:
         headers: Optional[Headers] = None,
         bodyProducer: Optional[IBodyProducer] = None,
     ) -> Deferred[IResponse]:
+        pairs = [(n, v) for n, values in (headers or Headers()).getAllRawHeaders() for v in values]
+        return self.send(method, uri, pairs, bodyProducer)
+
+    def send(
+        self, method: bytes, uri: bytes, pairs: Pairs, body: Optional[IBodyProducer]
+    ) -> Deferred[IResponse]:
+        """
+        L{request}, with the fields as a list of pairs (what the proxy has
+        at hand), sent in that order.
+        """
         if uri.startswith(self.prefix):
             target = uri[len(self.prefix) :] or b"/"
         else:
             target = URI.fromBytes(uri).originForm
-        persistent = self.pool.persistent
-        request = Request(method, target, headers or Headers(), bodyProducer, persistent)
         d: Deferred[Any] = self.pool.getConnection(self.prefix, self.endpoint)
-        d.addCallback(_send, request)
+        d.addCallback(_send, method, target, pairs, body, self.pool.persistent)
         return d
 
 
-def _send(protocol: Any, request: Request) -> Deferred[IResponse]:
+def _send(
+    protocol: BackendProtocol,
+    method: bytes,
+    target: bytes,
+    pairs: Pairs,
+    body: Optional[IBodyProducer],
+    persistent: bool,
+) -> Deferred[IResponse]:
     """
-    Send C{request} on a connection; a failure on a connection that had
+    Send a request on a connection; a failure on a connection that had
     carried requests before is marked C{reused_connection}, since it may
     only mean the backend closed it while it was idle.
     """
-    reused = getattr(protocol, "requests_made", 0) > 0
-    d: Deferred[IResponse] = protocol.request(request)
+    reused = protocol.requests_made > 0
+    d: Deferred[IResponse] = protocol.request(method, target, pairs, body, persistent)
     if reused:
         d.addErrback(_mark_reused)
     return d
@@ -165,6 +181,17 @@ class Backend:
             lambda: interpreter.ready,
             interpreter.recheck,
         )
+
+    def send(
+        self, method: bytes, uri: bytes, pairs: Pairs, body: Optional[IBodyProducer]
+    ) -> Deferred[IResponse]:
+        """
+        Send a request through the agent: as pairs to our own, as
+        L{Headers} to any other (a library user's, say).
+        """
+        if isinstance(self.agent, SourceAgent):
+            return self.agent.send(method, uri, pairs, body)
+        return self.agent.request(method, uri, headers_of(pairs), body)
 
     def when_ready(self) -> Deferred[None]:
         """

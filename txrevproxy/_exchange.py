@@ -30,9 +30,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
 from ._backend import Backend
-from ._headers import Peer
+from ._headers import Peer, headers_of
 from ._internal import KEPT_HEADERS, BadRedirect, TooManyRedirects, dispatch, redirect_value, validate_target
 from ._interpreter import SpawnFailed
+from ._response import response_pairs
 from ._streams import RequestBody, ResponseRelay
 
 if TYPE_CHECKING:
@@ -41,16 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["Exchange", "IDEMPOTENT"]
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-
-
-def _headers(pairs: list[tuple[bytes, bytes]]) -> Headers:
-    """
-    A L{Headers} holding C{pairs}, repeated names kept in order.
-    """
-    grouped: dict[bytes, list[bytes]] = {}
-    for name, value in pairs:
-        grouped.setdefault(name, []).append(value)
-    return Headers(grouped)
 
 
 class Exchange:
@@ -159,9 +150,7 @@ class Exchange:
         headers = proxy.policy.request_headers(self.raw_headers, host, self.client_host, self.peer)
         proxy.balancer.started(backend.name)
         self.in_flight = backend.name
-        d = backend.agent.request(
-            request.method, backend.uri_prefix + self.target, _headers(headers), self.body
-        )
+        d = backend.send(request.method, backend.uri_prefix + self.target, headers, self.body)
         self.current = d
         self._start_timer(d)
         if isinstance(self.body, RequestBody):
@@ -332,8 +321,9 @@ class Exchange:
             return
         request = self.request
         proxy = self.proxy
+        pairs = response_pairs(response)
         if proxy.settings.x_sendfile:
-            value = redirect_value(response.headers)
+            value = redirect_value(pairs)
             if value is not None:
                 self._internal_redirect(response, value)
                 return
@@ -345,10 +335,10 @@ class Exchange:
             self._error(response.code)
             return
         request.setResponseCode(response.code, response.phrase)
-        headers = proxy.policy.reply_headers(response.headers.getAllRawHeaders(), proxy.server_tokens)
+        headers = proxy.policy.reply_headers(pairs, proxy.server_tokens)
         out = request.responseHeaders
         date = out.getRawHeaders(b"date")
-        request.responseHeaders = out = _headers(headers)
+        request.responseHeaders = out = headers_of(headers)
         if date:
             out.setRawHeaders(b"date", date)
         if request.method == b"HEAD":

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
+from twisted.web.http_headers import Headers
 
 from ._rules import IPAddress
 from ._values import Network, Rewrite, apply_rewrites
@@ -31,6 +32,7 @@ __all__ = [
     "Peer",
     "client_address",
     "connection_tokens",
+    "headers_of",
     "request_peer",
 ]
 
@@ -160,6 +162,16 @@ def _lower_names(names: Iterable[bytes]) -> frozenset[bytes]:
     return frozenset(name.lower() for name in names)
 
 
+def headers_of(pairs: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """
+    A L{Headers} holding C{pairs}, repeated names kept in order.
+    """
+    grouped: dict[bytes, list[bytes]] = {}
+    for name, value in pairs:
+        grouped.setdefault(name, []).append(value)
+    return Headers(grouped)
+
+
 @attrs.frozen
 class HeaderPolicy:
     """
@@ -205,22 +217,22 @@ class HeaderPolicy:
             authority), for X-Forwarded-Host.
         @param peer: The immediate peer.
         """
-        grouped = [(name.lower(), values) for name, values in raw]
+        grouped = [(name, name.lower(), values) for name, values in raw]
         drop = self._request_drop
-        for name, values in grouped:
-            if name == b"connection":
+        for _, lower, values in grouped:
+            if lower == b"connection":
                 drop = drop | connection_tokens(values)
                 break
         out: Pairs = [(b"Host", host)]
         chain: list[bytes] = []
         kept: dict[bytes, Sequence[bytes]] = {}
-        for name, values in grouped:
-            if name in drop:
+        for name, lower, values in grouped:
+            if lower in drop:
                 if peer.trusted:
-                    if name == b"x-forwarded-for":
+                    if lower == b"x-forwarded-for":
                         chain.extend(values)
-                    elif name in _FORWARDED:
-                        kept[name] = values
+                    elif lower in _FORWARDED:
+                        kept[lower] = values
                 continue
             out.extend((name, value) for value in values)
         # A client on a Unix socket is "unix:", as nginx's $remote_addr.
@@ -228,13 +240,13 @@ class HeaderPolicy:
         client = b"unix:" if peer.client is None else str(peer.client).encode("ascii")
         out.append((b"X-Forwarded-For", b", ".join(chain + [address]) if chain else address))
         out.append((b"X-Real-IP", client))
-        for name, default in (
-            (b"x-forwarded-host", client_host),
-            (b"x-forwarded-proto", b"https" if peer.tls else b"http"),
-            (b"x-forwarded-ssl", b"on" if peer.tls else b"off"),
+        for lower, name, default in (
+            (b"x-forwarded-host", b"X-Forwarded-Host", client_host),
+            (b"x-forwarded-proto", b"X-Forwarded-Proto", b"https" if peer.tls else b"http"),
+            (b"x-forwarded-ssl", b"X-Forwarded-SSL", b"on" if peer.tls else b"off"),
         ):
             # (An HTTP/1.0 request may have no Host: nothing to forward.)
-            out.extend((name, value) for value in kept.get(name, (default,)) if value)
+            out.extend((name, value) for value in kept.get(lower, (default,)) if value)
         if self._request_replaced:
             # Hide and add apply last: they can remove or replace the
             # proxy's own Host and forwarding headers too.
@@ -242,28 +254,27 @@ class HeaderPolicy:
         out.extend(self.request_add)
         return out
 
-    def reply_headers(
-        self, raw: Iterable[tuple[bytes, Sequence[bytes]]], server_tokens: bytes
-    ) -> Pairs:
+    def reply_headers(self, raw: Iterable[tuple[bytes, bytes]], server_tokens: bytes) -> Pairs:
         """
         Build the client response's headers from the backend's.
 
-        @param raw: The backend's headers as Twisted groups them; Agent has
-            already taken the framing and connection fields out.
+        @param raw: The backend's fields in order; the framing and
+            connection fields were taken out when its head was read.
         @param server_tokens: Our C{Server} value, used unless the rule
             preserves the backend's.
         """
         drop = self._reply_drop
         out: Pairs = []
         has_server = False
-        for name, values in raw:
+        rewrite = self.reply_rewrite
+        for name, value in raw:
             lower = name.lower()
             if lower in drop or lower.startswith((b"x-accel-", b"x-sendfile")):
                 continue
             has_server = has_server or lower == b"server"
-            if self.reply_rewrite and lower in (b"location", b"content-location"):
-                values = [apply_rewrites(self.reply_rewrite, v) for v in values]
-            out.extend((name, value) for value in values)
+            if rewrite and lower in (b"location", b"content-location"):
+                value = apply_rewrites(rewrite, value)
+            out.append((name, value))
         if not has_server and self._own_server:
             out.append((b"Server", server_tokens))
         out.extend(self.reply_add)

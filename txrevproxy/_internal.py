@@ -15,11 +15,11 @@ only a few of the backend's headers survive, as nginx keeps them.
 from __future__ import annotations
 
 from io import BytesIO
+from collections.abc import Iterable
 from typing import Any, Optional
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 
 __all__ = [
     "KEPT_HEADERS",
@@ -60,16 +60,18 @@ class TooManyRedirects(Exception):
     """
 
 
-def redirect_value(headers: Headers) -> Optional[bytes]:
+def redirect_value(fields: Iterable[tuple[bytes, bytes]]) -> Optional[bytes]:
     """
     The internal redirect a backend response asks for: the first non-empty
     C{X-Accel-Redirect}, else the first non-empty C{X-Sendfile}.
     """
-    for name in (b"x-accel-redirect", b"x-sendfile"):
-        for value in headers.getRawHeaders(name, ()):
-            if value.strip():
-                return value.strip()
-    return None
+    found: dict[bytes, bytes] = {}
+    for name, value in fields:
+        if name[:2] in (b"X-", b"x-") and value.strip():
+            lower = name.lower()
+            if lower in (b"x-accel-redirect", b"x-sendfile"):
+                found.setdefault(lower, value.strip())
+    return found.get(b"x-accel-redirect") or found.get(b"x-sendfile")
 
 
 def validate_target(value: bytes) -> bytes:

@@ -1,0 +1,229 @@
+# -*- test-case-name: tests.test_framing -*-
+"""
+Reading a backend's response strictly: its head, and how its body is framed.
+
+A proxy must refuse what a lenient client would guess at (security §1.5):
+both C{Content-Length} and C{Transfer-Encoding}, codings other than
+C{chunked}, a repeated or malformed length, control bytes in a field, an
+unsolicited C{101}, a head without end.  Any of these is a L{BadResponse}:
+the proxy answers 502 and drops the connection, never reusing it.
+
+The connection and framing fields are taken out of the head here, together
+with the fields C{Connection} names, so nothing hop-by-hop can reach the
+client by mistake.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import attrs
+
+from ._headers import connection_tokens
+
+__all__ = [
+    "BadResponse",
+    "ChunkedDecoder",
+    "Head",
+    "MAX_RESPONSE_HEAD",
+    "head_end",
+    "keepalive_timeout",
+    "parse_head",
+]
+
+MAX_RESPONSE_HEAD = 65536
+_MAX_CHUNK_LINE = 4096
+
+_STATUS = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
+_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\Z", re.DOTALL)
+# Control bytes but HTAB, and DEL: never in a field value (RFC 9110 §5.5).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?\Z")
+
+# Taken out of every head: the framing and connection fields.
+_CONNECTION_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
+
+Pairs = list[tuple[bytes, bytes]]
+
+
+class BadResponse(Exception):
+    """
+    A backend response whose framing or head is ambiguous or not allowed.
+    """
+
+
+@attrs.frozen
+class Head:
+    """
+    A backend response's head, as the proxy relays it.
+
+    @ivar minor: The HTTP/1 minor version (0 or 1).
+    @ivar fields: The end-to-end fields in the order received, names as
+        sent; the framing and connection fields are gone.
+    @ivar length: The C{Content-Length}, if one was given.
+    @ivar chunked: Whether the body is C{chunked}.
+    @ivar keep_alive: Whether the backend lets the connection be reused
+        after this response, as far as its version and C{Connection} say.
+    @ivar idle_limit: The C{timeout=N} of a C{Keep-Alive} field.
+    """
+
+    minor: int
+    code: int
+    phrase: bytes
+    fields: Pairs
+    length: Optional[int]
+    chunked: bool
+    keep_alive: bool
+    idle_limit: Optional[float]
+
+
+def head_end(data: bytes | bytearray) -> int:
+    """
+    Where the head in C{data} ends (the index just past its empty line), or
+    -1 when it is not complete yet.  A bare LF ends lines as CRLF does.
+    """
+    crlf = data.find(b"\n\r\n")
+    lf = data.find(b"\n\n")
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
+
+
+def parse_head(block: bytes) -> Head:
+    """
+    Parse one complete response head (status line, fields, empty line).
+
+    @raise BadResponse: The head is malformed or its framing ambiguous.
+    """
+    lines = block.split(b"\n")
+    status = _STATUS.match(lines[0].rstrip(b"\r"))
+    if status is None:
+        raise BadResponse(f"bad status line {lines[0][:100]!r}")
+    minor, code = int(status.group(1)), int(status.group(2))
+    fields: Pairs = []
+    framing: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        line = line.rstrip(b"\r")
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            # obs-fold: replaced by a space (RFC 9112 §5.2).
+            if not fields:
+                raise BadResponse("folded line before the first field")
+            name, value = fields.pop()
+            line = name + b": " + value + b" " + line.strip(b" \t")
+        field = _FIELD.match(line)
+        if field is None:
+            raise BadResponse(f"malformed field line {line[:100]!r}")
+        name, value = field.groups()
+        if _CONTROL.search(value) is not None:
+            raise BadResponse(f"control byte in the {name!r} header")
+        lower = name.lower()
+        if lower in _CONNECTION_FIELDS:
+            framing.setdefault(lower, []).append(value)
+        else:
+            fields.append((name, value))
+    if code == 101:
+        # The proxy never asks for an upgrade (Upgrade is stripped).
+        raise BadResponse("unsolicited 101 Switching Protocols")
+    lengths = framing.get(b"content-length", [])
+    codings = framing.get(b"transfer-encoding", [])
+    if lengths and codings:
+        raise BadResponse("both Content-Length and Transfer-Encoding")
+    if len(codings) > 1 or (codings and codings[0].lower() != b"chunked"):
+        raise BadResponse(f"Transfer-Encoding other than chunked: {codings!r}")
+    if len(lengths) > 1 or (lengths and not (lengths[0].isdigit() and lengths[0].isascii())):
+        raise BadResponse(f"invalid or repeated Content-Length: {lengths!r}")
+    tokens = connection_tokens(framing.get(b"connection", ()))
+    if tokens:
+        fields = [(n, v) for n, v in fields if n.lower() not in tokens]
+    keep_alive = b"close" not in tokens and (minor == 1 or b"keep-alive" in tokens)
+    return Head(
+        minor,
+        code,
+        status.group(3) or b"",
+        fields,
+        int(lengths[0]) if lengths else None,
+        bool(codings),
+        keep_alive,
+        keepalive_timeout(framing.get(b"keep-alive", ())),
+    )
+
+
+def keepalive_timeout(values: list[bytes] | tuple[bytes, ...]) -> Optional[float]:
+    """
+    The C{timeout=N} of a backend's C{Keep-Alive} header: how long it keeps
+    an idle connection open.
+    """
+    for value in values:
+        for parameter in value.split(b","):
+            name, _, number = parameter.strip().partition(b"=")
+            if name.strip().lower() == b"timeout" and number.strip().isdigit():
+                return float(number.strip())
+    return None
+
+
+class ChunkedDecoder:
+    """
+    Takes a C{chunked} body apart as it arrives (RFC 9112 §7.1); chunk
+    extensions and trailer fields are read and dropped.
+
+    @ivar done: Whether the last chunk and the trailer section are through.
+    """
+
+    def __init__(self) -> None:
+        self._line = b""
+        self._left = 0
+        self._state = "size"
+        self._trailer = 0
+        self.done = False
+
+    def feed(self, data: bytes) -> tuple[list[bytes], bytes]:
+        """
+        Decode C{data}: the body bytes in it, and what follows the body's
+        end in it (empty until L{done}).
+
+        @raise BadResponse: The framing is malformed.
+        """
+        out: list[bytes] = []
+        at, end = 0, len(data)
+        while at < end and not self.done:
+            state = self._state
+            if state == "data":
+                take = min(self._left, end - at)
+                out.append(data[at : at + take])
+                at += take
+                self._left -= take
+                if not self._left:
+                    self._state = "crlf"
+                continue
+            newline = data.find(b"\n", at)
+            stop = end if newline < 0 else newline + 1
+            self._line += data[at:stop]
+            at = stop
+            if len(self._line) > _MAX_CHUNK_LINE and state != "trailer":
+                raise BadResponse("chunk line too long")
+            if newline < 0:
+                continue
+            line, self._line = self._line, b""
+            self._line_received(state, line)
+        return out, data[at:] if self.done else b""
+
+    def _line_received(self, state: str, line: bytes) -> None:
+        if state == "crlf":
+            if line != b"\r\n":
+                raise BadResponse("chunk data not followed by CRLF")
+            self._state = "size"
+        elif state == "size":
+            size = _CHUNK_SIZE.match(line.rstrip(b"\r\n"))
+            if size is None or not line.endswith(b"\r\n"):
+                raise BadResponse(f"bad chunk size line {line[:40]!r}")
+            self._left = int(size.group(1), 16)
+            self._state = "data" if self._left else "trailer"
+        else:
+            self._trailer += len(line)
+            if self._trailer > MAX_RESPONSE_HEAD:
+                raise BadResponse("trailer section too large")
+            if line in (b"\r\n", b"\n"):
+                self.done = True
