@@ -17,14 +17,14 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
-from twisted.web.client import HTTPConnectionPool, URI
+from twisted.web.client import URI
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ._config import ProxySettings, SourceAddress, SourceConfig
 from ._endpoints import source_endpoint
-from ._client import BackendProtocol, Pairs
+from ._client import Pairs
 from ._headers import headers_of
 from ._pool import BackendPool
 
@@ -35,16 +35,13 @@ AgentFactory = Callable[[SourceConfig, ProxySettings], IAgent]
 _log = Logger()
 
 
-def make_pool(reactor: Any, settings: ProxySettings) -> HTTPConnectionPool:
+def make_pool(reactor: Any, settings: ProxySettings) -> BackendPool:
     """
     The keep-alive pool a rule's settings ask for.
     """
     pool = BackendPool(reactor, persistent=settings.allow_keepalive)
     pool.maxPersistentPerHost = settings.reuse_connections
     pool.cachedConnectionTimeout = settings.keepalive_timeout  # type: ignore[assignment]
-    # Retries are the exchange's decision (one try per source, SPEC §3),
-    # not the pool's silent second try on the same source.
-    pool.retryAutomatically = False
     return pool
 
 
@@ -64,7 +61,7 @@ class SourceAgent:
         with; what follows it is the request target.
     """
 
-    pool: HTTPConnectionPool
+    pool: BackendPool
     endpoint: IStreamClientEndpoint
     prefix: bytes
 
@@ -89,38 +86,19 @@ class SourceAgent:
             target = uri[len(self.prefix) :] or b"/"
         else:
             target = URI.fromBytes(uri).originForm
-        d: Deferred[Any] = self.pool.getConnection(self.prefix, self.endpoint)
-        d.addCallback(_send, method, target, pairs, body, self.pool.persistent)
+        pool = self.pool
+        connection = pool.take(self.prefix)
+        if connection is not None:
+            return connection.request(method, target, pairs, body, pool.persistent)
+        d: Deferred[Any] = pool.getConnection(self.prefix, self.endpoint)
+        d.addCallback(
+            lambda connection: connection.request(method, target, pairs, body, pool.persistent)
+        )
         return d
 
 
-def _send(
-    protocol: BackendProtocol,
-    method: bytes,
-    target: bytes,
-    pairs: Pairs,
-    body: Optional[IBodyProducer],
-    persistent: bool,
-) -> Deferred[IResponse]:
-    """
-    Send a request on a connection; a failure on a connection that had
-    carried requests before is marked C{reused_connection}, since it may
-    only mean the backend closed it while it was idle.
-    """
-    reused = protocol.requests_made > 0
-    d: Deferred[IResponse] = protocol.request(method, target, pairs, body, persistent)
-    if reused:
-        d.addErrback(_mark_reused)
-    return d
-
-
-def _mark_reused(reason: Any) -> Any:
-    reason.value.reused_connection = True
-    return reason
-
-
 def make_agent(
-    reactor: Any, source: SourceConfig, settings: ProxySettings, pool: HTTPConnectionPool
+    reactor: Any, source: SourceConfig, settings: ProxySettings, pool: BackendPool
 ) -> IAgent:
     """
     Build the agent for one source of one rule, sending over C{pool}.

@@ -49,6 +49,10 @@ __all__ = ["BackendFactory", "BackendProtocol", "Pairs"]
 Pairs = list[tuple[bytes, bytes]]
 
 _NO_BODY_CODES = frozenset({204, 304})
+# How a body ends well: made once, as a Failure is costly to make and these
+# are only ever read.
+_DONE = Failure(ResponseDone())
+_CLOSED = Failure(PotentialDataLoss())
 _EMPTY_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
@@ -312,7 +316,7 @@ class BackendProtocol(Protocol):
             self.resume()
             self.state = "QUIESCENT"
             self._quiescent(self)
-        response.finish(Failure(ResponseDone()))
+        response.finish(_DONE)
 
     # Ending.
 
@@ -326,7 +330,7 @@ class BackendProtocol(Protocol):
         self._close(abort=True)
         if answer is not None:
             if reason is not None:
-                answer.errback(reason)
+                self._fail(answer, reason)
         elif response is not None and not response.finished:
             response.detach()
             response.finish(Failure(reason or CancelledError()))
@@ -371,19 +375,28 @@ class BackendProtocol(Protocol):
         response, self._response = self._response, None
         if answer is not None:
             if response is not None:
-                answer.errback(ResponseFailed([reason]))  # (part of a head came)
+                self._fail(answer, ResponseFailed([reason]))  # (part of a head came)
             elif sending:
-                answer.errback(RequestTransmissionFailed([reason]))
+                self._fail(answer, RequestTransmissionFailed([reason]))
             else:
-                answer.errback(ResponseNeverReceived([reason]))
+                self._fail(answer, ResponseNeverReceived([reason]))
         elif response is not None and not response.finished:
             if self._chunks is None and self._left is None:
-                response.finish(Failure(PotentialDataLoss()))  # ended by the close
+                response.finish(_CLOSED)  # ended by the close
             else:
                 response.finish(Failure(ResponseFailed([reason])))
         closed, self._closed = self._closed, []
         for d in closed:
             d.callback(None)
+
+    def _fail(self, answer: Deferred[Any], reason: Exception) -> None:
+        """
+        Fail a request; on a connection that carried requests before, the
+        failure is marked C{reused_connection}, since it may only mean the
+        backend closed the connection while it was idle.
+        """
+        reason.reused_connection = self.requests_made > 1  # type: ignore[attr-defined]
+        answer.errback(reason)
 
     def abort(self) -> Deferred[None]:
         """

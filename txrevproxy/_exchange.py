@@ -30,7 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
 from ._backend import Backend
-from ._headers import Peer, headers_of
+from ._headers import Peer, address_text, headers_of
 from ._internal import KEPT_HEADERS, BadRedirect, TooManyRedirects, dispatch, redirect_value, validate_target
 from ._interpreter import SpawnFailed
 from ._response import response_pairs
@@ -125,7 +125,7 @@ class Exchange:
             if self.fell_back:
                 return None
             self.fell_back = True
-        client = "" if self.peer.client is None else str(self.peer.client)
+        client = "" if self.peer.client is None else address_text(self.peer.client)
         return proxy.by_name[proxy.balancer.choose(client, candidates)]
 
     def _attempt(self, again: Optional[Backend] = None) -> None:
@@ -336,20 +336,19 @@ class Exchange:
             return
         request.setResponseCode(response.code, response.phrase)
         headers = proxy.policy.reply_headers(pairs, proxy.server_tokens)
-        out = request.responseHeaders
-        date = out.getRawHeaders(b"date")
-        request.responseHeaders = out = headers_of(headers)
+        date = request.responseHeaders.getRawHeaders(b"date")
         if date:
-            out.setRawHeaders(b"date", date)
+            headers.append((b"Date", date[0]))
         if request.method == b"HEAD":
             # Agent leaves a HEAD answer's Content-Length among the headers.
-            length = response.headers.getRawHeaders(b"content-length")
-            if length:
-                out.setRawHeaders(b"content-length", length[-1:])
+            lengths = [v for n, v in pairs if n.lower() == b"content-length"]
+            if lengths:
+                headers.append((b"Content-Length", lengths[-1]))
         elif isinstance(response.length, int) and response.code not in (204, 304):
             # (A 304's length would be that of the 200 it stands for, which
             # Agent does not keep: it is left out, as RFC 9110 §8.6 allows.)
-            out.setRawHeaders(b"content-length", [b"%d" % response.length])
+            headers.append((b"Content-Length", b"%d" % response.length))
+        request.responseHeaders = headers_of(headers)
         self.relay = ResponseRelay(request, proxy.reactor, proxy.settings.read_timeout, self._relayed)
         response.deliverBody(self.relay)
 

@@ -36,9 +36,10 @@ MAX_RESPONSE_HEAD = 65536
 _MAX_CHUNK_LINE = 4096
 
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
-_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\Z", re.DOTALL)
-# Control bytes but HTAB, and DEL: never in a field value (RFC 9110 §5.5).
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Control bytes but HTAB, CR and LF, and DEL: never in a head (RFC 9110
+# §5.5); a CR is allowed only where it ends a line.
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?\Z")
 
 # Taken out of every head: the framing and connection fields.
@@ -96,6 +97,9 @@ def parse_head(block: bytes) -> Head:
 
     @raise BadResponse: The head is malformed or its framing ambiguous.
     """
+    control = _CONTROL.search(block)
+    if control is not None:
+        raise BadResponse(f"control byte {control.group()!r} in the response head")
     lines = block.split(b"\n")
     status = _STATUS.match(lines[0].rstrip(b"\r"))
     if status is None:
@@ -104,21 +108,22 @@ def parse_head(block: bytes) -> Head:
     fields: Pairs = []
     framing: dict[bytes, list[bytes]] = {}
     for line in lines[1:]:
-        line = line.rstrip(b"\r")
+        if line[-1:] == b"\r":
+            line = line[:-1]
         if not line:
             break
+        if b"\r" in line:
+            raise BadResponse(f"CR inside the field line {line[:100]!r}")
         if line[:1] in (b" ", b"\t"):
             # obs-fold: replaced by a space (RFC 9112 §5.2).
             if not fields:
                 raise BadResponse("folded line before the first field")
             name, value = fields.pop()
             line = name + b": " + value + b" " + line.strip(b" \t")
-        field = _FIELD.match(line)
-        if field is None:
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None:
             raise BadResponse(f"malformed field line {line[:100]!r}")
-        name, value = field.groups()
-        if _CONTROL.search(value) is not None:
-            raise BadResponse(f"control byte in the {name!r} header")
+        value = value.strip(b" \t")
         lower = name.lower()
         if lower in _CONNECTION_FIELDS:
             framing.setdefault(lower, []).append(value)

@@ -16,6 +16,7 @@ per-request work is a single pass over the headers.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from ._values import Network, Rewrite, apply_rewrites
 
 __all__ = [
     "HOP_BY_HOP",
+    "address_text",
     "HeaderPolicy",
     "Peer",
     "client_address",
@@ -105,6 +107,25 @@ class Peer:
     tls: bool
 
 
+@functools.lru_cache(maxsize=4096)
+def _peer_address(host: str) -> IPAddress | None:
+    # (Memoised: parsing an address costs more than relaying a small
+    # response's head, and a connection's peer asks again per request.)
+    try:
+        return ipaddress.ip_address(host) if host else None
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def address_text(address: IPAddress | None) -> str:
+    """
+    An address as forwarding headers and balancers write it; a client on a
+    Unix socket is C{unix:}, as nginx's C{$remote_addr}.
+    """
+    return "unix:" if address is None else str(address)
+
+
 def _parse_ip(text: bytes) -> IPAddress | None:
     try:
         return ipaddress.ip_address(text.strip().decode("ascii"))
@@ -145,11 +166,7 @@ def request_peer(request: Any, trusted: Sequence[Network]) -> Peer:
 
 
 def _peer(request: Any, trusted: Sequence[Network]) -> Peer:
-    host = getattr(request.getClientAddress(), "host", None)
-    try:
-        address = ipaddress.ip_address(host) if host else None
-    except ValueError:
-        address = None
+    address = _peer_address(getattr(request.getClientAddress(), "host", None) or "")
     trusted_peer = address is not None and any(address in net for net in trusted)
     client = address
     if trusted_peer:
@@ -235,9 +252,8 @@ class HeaderPolicy:
                         kept[lower] = values
                 continue
             out.extend((name, value) for value in values)
-        # A client on a Unix socket is "unix:", as nginx's $remote_addr.
-        address = b"unix:" if peer.address is None else str(peer.address).encode("ascii")
-        client = b"unix:" if peer.client is None else str(peer.client).encode("ascii")
+        address = address_text(peer.address).encode("ascii")
+        client = address_text(peer.client).encode("ascii")
         out.append((b"X-Forwarded-For", b", ".join(chain + [address]) if chain else address))
         out.append((b"X-Real-IP", client))
         for lower, name, default in (
