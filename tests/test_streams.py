@@ -24,6 +24,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface.verify import verifyObject
 
 from txrevproxy._streams import ReadTimeout, RequestBody, ResponseRelay
+from txrevproxy._watchdog import Watchdog
 
 
 class RequestBodyTests(SynchronousTestCase):
@@ -185,7 +186,7 @@ class ResponseRelayTests(SynchronousTestCase):
         self.backend = StringTransport()
         self.results: list[Failure | None] = []
         self.relay = ResponseRelay(
-            self.request, self.clock, self.idle, self.results.append
+            self.request, Watchdog(self.clock, self.idle), self.results.append
         )
         self.relay.makeConnection(self.backend)
 

@@ -35,6 +35,7 @@ from ._internal import KEPT_HEADERS, BadRedirect, TooManyRedirects, dispatch, re
 from ._interpreter import SpawnFailed
 from ._response import response_pairs
 from ._streams import RequestBody, ResponseRelay
+from ._watchdog import Watchdog
 
 if TYPE_CHECKING:
     from ._proxy import ReverseProxyResource
@@ -70,7 +71,7 @@ class Exchange:
         self.relay: Optional[ResponseRelay] = None
         self.gone = False
         self.timed_out = False
-        self.timer: Optional[IDelayedCall] = None
+        self.watchdog = Watchdog(proxy.reactor, proxy.settings.read_timeout)
         self.send_timer: Optional[IDelayedCall] = None
         self.current: Optional[Deferred[Any]] = None
         self.in_flight: Optional[str] = None
@@ -163,9 +164,7 @@ class Exchange:
         that stays stalled for C{read_timeout} is as silent as one that
         does not answer, and the attempt times out.
         """
-        if self.send_timer is not None and self.send_timer.active():
-            self.send_timer.cancel()
-        self.send_timer = None
+        self._stop_send_timer()
         if stalled and self._waiting(d):
             self.send_timer = self.proxy.reactor.callLater(self.proxy.settings.read_timeout, self._expire, d)
 
@@ -178,7 +177,8 @@ class Exchange:
         return self.current is d and not self.gone
 
     def _expire(self, d: Deferred[Any]) -> None:
-        self.timer = self.send_timer = None
+        self.watchdog.disarm()
+        self._stop_send_timer()
         if self._waiting(d):
             self.timed_out = True
             d.cancel()
@@ -186,7 +186,7 @@ class Exchange:
     def _start_timer(self, d: Deferred[Any]) -> None:
         def arm() -> None:
             if self._waiting(d):
-                self.timer = self.proxy.reactor.callLater(self.proxy.settings.read_timeout, self._expire, d)
+                self.watchdog.watch(lambda: self._expire(d))
 
         stream = self.body if isinstance(self.body, RequestBody) else None
         if stream is None:
@@ -195,10 +195,13 @@ class Exchange:
             stream.when_complete(arm)
 
     def _stop_timer(self) -> None:
-        for timer in (self.timer, self.send_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self.timer = self.send_timer = None
+        self.watchdog.stop()
+        self._stop_send_timer()
+
+    def _stop_send_timer(self) -> None:
+        if self.send_timer is not None and self.send_timer.active():
+            self.send_timer.cancel()
+        self.send_timer = None
 
     def _release(self) -> None:
         """
@@ -311,11 +314,14 @@ class Exchange:
     # Response.
 
     def _got_response(self, response: IResponse) -> None:
-        self._stop_timer()
+        # (The relay, if any, moves the watchdog on to the body.)
+        self.watchdog.disarm()
+        self._stop_send_timer()
         self.current = None
         self.pending = None
         self.proxy.health.succeeded(self.backend.name)
         if self.gone:
+            self._stop_timer()
             self._release()
             response.deliverBody(_Discard())
             return
@@ -325,11 +331,13 @@ class Exchange:
         if proxy.settings.x_sendfile:
             value = redirect_value(pairs)
             if value is not None:
+                self._stop_timer()
                 self._internal_redirect(response, value)
                 return
         if proxy.settings.vserver_errors and response.code >= 400:
             # The vserver's page replaces the backend's answer; the status
             # stays.  1xx-3xx answers (a redirect's Location) never do.
+            self._stop_timer()
             self._release()
             response.deliverBody(_Drain())
             self._error(response.code)
@@ -349,7 +357,7 @@ class Exchange:
             # Agent does not keep: it is left out, as RFC 9110 §8.6 allows.)
             headers.append((b"Content-Length", b"%d" % response.length))
         request.responseHeaders = headers_of(headers)
-        self.relay = ResponseRelay(request, proxy.reactor, proxy.settings.read_timeout, self._relayed)
+        self.relay = ResponseRelay(request, self.watchdog, self._relayed)
         response.deliverBody(self.relay)
 
     def _internal_redirect(self, response: IResponse, value: bytes) -> None:

@@ -36,14 +36,26 @@ MAX_RESPONSE_HEAD = 65536
 _MAX_CHUNK_LINE = 4096
 
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # Control bytes but HTAB, CR and LF, and DEL: never in a head (RFC 9110
-# §5.5); a CR is allowed only where it ends a line.
+# §5.5).
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The field section: lines of "name:value", a CR only where it ends a line.
+_FIELD_SECTION = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n]*\r?\n)*\r?\n")
+_FRAMING_NAMES = rb"(?:content-length|transfer-encoding|connection|keep-alive)"
+_VALUE = rb"[ \t]*((?:[^\r\n]*[^ \t\r\n])?)[ \t]*\r?$"
+# Each line of a checked field section, in one pass: the end-to-end fields,
+# and the framing and connection fields.
+_END_TO_END = re.compile(rb"(?im)^(?!" + _FRAMING_NAMES + rb":)(" + _TOKEN + rb"):" + _VALUE)
+_FRAMING = re.compile(rb"(?im)^(" + _FRAMING_NAMES + rb"):" + _VALUE)
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?\Z")
+_FOLD = re.compile(rb"\r?\n[ \t]+")
 
 # Taken out of every head: the framing and connection fields.
 _CONNECTION_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
+
+# Connection options that name no field.
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})
 
 Pairs = list[tuple[bytes, bytes]]
 
@@ -85,8 +97,8 @@ def head_end(data: bytes | bytearray) -> int:
     -1 when it is not complete yet.  A bare LF ends lines as CRLF does.
     """
     crlf = data.find(b"\n\r\n")
-    lf = data.find(b"\n\n")
-    if lf >= 0 and (crlf < 0 or lf < crlf):
+    lf = data.find(b"\n\n", 0, None if crlf < 0 else crlf + 1)
+    if lf >= 0:
         return lf + 2
     return crlf + 3 if crlf >= 0 else -1
 
@@ -100,38 +112,27 @@ def parse_head(block: bytes) -> Head:
     control = _CONTROL.search(block)
     if control is not None:
         raise BadResponse(f"control byte {control.group()!r} in the response head")
-    lines = block.split(b"\n")
-    status = _STATUS.match(lines[0].rstrip(b"\r"))
+    status_end = block.find(b"\n") + 1
+    status = _STATUS.match(block[:status_end].rstrip(b"\r\n"))
     if status is None:
-        raise BadResponse(f"bad status line {lines[0][:100]!r}")
+        raise BadResponse(f"bad status line {block[:min(status_end, 100)]!r}")
     minor, code = int(status.group(1)), int(status.group(2))
-    fields: Pairs = []
-    framing: dict[bytes, list[bytes]] = {}
-    for line in lines[1:]:
-        if line[-1:] == b"\r":
-            line = line[:-1]
-        if not line:
-            break
-        if b"\r" in line:
-            raise BadResponse(f"CR inside the field line {line[:100]!r}")
-        if line[:1] in (b" ", b"\t"):
-            # obs-fold: replaced by a space (RFC 9112 §5.2).
-            if not fields:
-                raise BadResponse("folded line before the first field")
-            name, value = fields.pop()
-            line = name + b": " + value + b" " + line.strip(b" \t")
-        name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(name) is None:
-            raise BadResponse(f"malformed field line {line[:100]!r}")
-        value = value.strip(b" \t")
-        lower = name.lower()
-        if lower in _CONNECTION_FIELDS:
-            framing.setdefault(lower, []).append(value)
-        else:
-            fields.append((name, value))
+    section = block[status_end:]
+    if _FIELD_SECTION.fullmatch(section) is None:
+        if section[:1] in (b" ", b"\t"):
+            raise BadResponse("folded line before the first field")
+        # obs-fold is replaced by a space (RFC 9112 §5.2); anything else
+        # that is not "name: value" is refused.
+        section = _FOLD.sub(b" ", section)
+        if _FIELD_SECTION.fullmatch(section) is None:
+            raise BadResponse(f"malformed field section {section[:100]!r}")
     if code == 101:
         # The proxy never asks for an upgrade (Upgrade is stripped).
         raise BadResponse("unsolicited 101 Switching Protocols")
+    fields: Pairs = _END_TO_END.findall(section)
+    framing: dict[bytes, list[bytes]] = {}
+    for name, value in _FRAMING.findall(section):
+        framing.setdefault(name.lower(), []).append(value)
     lengths = framing.get(b"content-length", [])
     codings = framing.get(b"transfer-encoding", [])
     if lengths and codings:
@@ -141,8 +142,9 @@ def parse_head(block: bytes) -> Head:
     if len(lengths) > 1 or (lengths and not (lengths[0].isdigit() and lengths[0].isascii())):
         raise BadResponse(f"invalid or repeated Content-Length: {lengths!r}")
     tokens = connection_tokens(framing.get(b"connection", ()))
-    if tokens:
-        fields = [(n, v) for n, v in fields if n.lower() not in tokens]
+    named = tokens - _CONNECTION_OPTIONS
+    if named:
+        fields = [(n, v) for n, v in fields if n.lower() not in named]
     keep_alive = b"close" not in tokens and (minor == 1 or b"keep-alive" in tokens)
     return Head(
         minor,

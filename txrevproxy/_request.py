@@ -234,6 +234,7 @@ class ProxyChannel(HTTPChannel):
     _rejected = False
     _in_body = False
     _header_timer: Optional[IDelayedCall] = None
+    _header_armed = False
     _host: Any = None
 
     @property
@@ -289,7 +290,7 @@ class ProxyChannel(HTTPChannel):
             self._reject(431, "header line too long")
 
     def allHeadersReceived(self) -> None:
-        self._stop_header_timer()
+        self._disarm_header_timer()
         self._head_lines = self._head_size = 0
         request = self.requests[-1]
         headers = [
@@ -351,10 +352,26 @@ class ProxyChannel(HTTPChannel):
         super().connectionLost(reason)
 
     def _start_header_timer(self) -> None:
-        if self._header_timer is None:
+        if self._header_armed:
+            return
+        self._header_armed = True
+        timer = self._header_timer
+        if timer is not None and timer.active():
+            # Moving a timer costs a fraction of making one, and a
+            # keep-alive connection would make one per request.
+            timer.reset(self._limits.header_timeout)
+        else:
             self._header_timer = self.callLater(self._limits.header_timeout, self._header_timeout)
 
+    def _disarm_header_timer(self) -> None:
+        """
+        A head is complete: the timer is left to run out harmlessly, or to
+        be moved for the next head.
+        """
+        self._header_armed = False
+
     def _stop_header_timer(self) -> None:
+        self._header_armed = False
         if self._header_timer is not None:
             if self._header_timer.active():
                 self._header_timer.cancel()
@@ -362,6 +379,9 @@ class ProxyChannel(HTTPChannel):
 
     def _header_timeout(self) -> None:
         self._header_timer = None
+        if not self._header_armed:
+            return
+        self._header_armed = False
         if self._head_lines or getattr(self, "_buffer", None) or self._dataBuffer:
             self._reject(408, "request head not complete within header_timeout")
         else:

@@ -16,13 +16,15 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
+
+from ._watchdog import Watchdog
 
 __all__ = ["ReadTimeout", "RequestBody", "ResponseRelay"]
 
@@ -184,15 +186,18 @@ class ResponseRelay(Protocol):
     def __init__(
         self,
         request: Any,
-        reactor: IReactorTime,
-        idle_timeout: float,
+        watchdog: Watchdog,
         done: Callable[[Optional[Failure]], None],
     ) -> None:
+        """
+        @param watchdog: Bounds each wait for the backend; the relay points
+            it at the body.
+        @param done: Called once the body is over: with L{None} when it is
+            complete, else with why not.
+        """
         self._request = request
-        self._reactor = reactor
-        self._idle_timeout = idle_timeout
+        self._watchdog = watchdog
         self._done = done
-        self._timer: Optional[IDelayedCall] = None
         self._stopped = False
         self.timed_out = False
 
@@ -201,12 +206,11 @@ class ResponseRelay(Protocol):
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._timer is not None:
-            self._timer.reset(self._idle_timeout)
+        self._watchdog.kick()
         self._request.write(data)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        self._disarm()
+        self._watchdog.stop()
         if self._request.channel is not None:
             # (No channel: the client is gone and took its producer along.)
             self._request.unregisterProducer()
@@ -215,7 +219,7 @@ class ResponseRelay(Protocol):
         if self.timed_out:
             # Cut by read_timeout: with no length, the close would otherwise
             # look like the body's natural end.
-            self._done(Failure(ReadTimeout(f"backend silent for {self._idle_timeout:g} s")))
+            self._done(Failure(ReadTimeout(f"backend silent for {self._watchdog.seconds:g} s")))
         elif reason.check(ResponseDone, PotentialDataLoss):
             self._done(None)
         else:
@@ -223,7 +227,7 @@ class ResponseRelay(Protocol):
 
     def pauseProducing(self) -> None:
         # The client is slow, not the backend: its silence is not counted.
-        self._disarm()
+        self._watchdog.disarm()
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
@@ -236,20 +240,13 @@ class ResponseRelay(Protocol):
         return to the pool with an unread body.
         """
         self._stopped = True
-        self._disarm()
+        self._watchdog.stop()
         self.transport.stopProducing()
 
     def _arm(self) -> None:
-        if self._timer is None and not self._stopped:
-            self._timer = self._reactor.callLater(self._idle_timeout, self._expired)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        if not self._stopped:
+            self._watchdog.watch(self._expired)
 
     def _expired(self) -> None:
-        self._timer = None
         self.timed_out = True
         self.transport.stopProducing()
