@@ -257,11 +257,18 @@ class BackendProtocol(Protocol):
                 break
             # 1xx: never relayed; the real answer follows.
         self._buffer = b""
-        self._start_body(head)
+        response = self._start_body(head)
         if buffer or self._left == 0:
+            # What came with the head is taken in before the response is
+            # handed over: a small response is then complete, and its
+            # connection back in the pool, by the time anyone sees it.
             self._body_received(buffer)
+        answer, self._answer = self._answer, None
+        if answer is not None:
+            answer.callback(response)
+        response.announced()
 
-    def _start_body(self, head: Head) -> None:
+    def _start_body(self, head: Head) -> BackendResponse:
         if self._response is None:
             self._response = BackendResponse(self)
         response = self._response
@@ -277,10 +284,9 @@ class BackendProtocol(Protocol):
         else:
             self._left = head.length
         length = self._left if self._left is not None else UNKNOWN_LENGTH
-        response.begin(head, fields, length, keep_alive=head.keep_alive and (self._chunks is not None or self._left is not None))
-        answer, self._answer = self._answer, None
-        if answer is not None:
-            answer.callback(response)
+        framed = self._chunks is not None or self._left is not None
+        response.begin(head, fields, length, keep_alive=head.keep_alive and framed)
+        return response
 
     def _body_received(self, data: bytes) -> None:
         response = self._response

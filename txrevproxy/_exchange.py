@@ -33,7 +33,7 @@ from ._backend import Backend
 from ._headers import Peer, address_text, headers_of
 from ._internal import KEPT_HEADERS, BadRedirect, TooManyRedirects, dispatch, redirect_value, validate_target
 from ._interpreter import SpawnFailed
-from ._response import response_pairs
+from ._response import BackendResponse, response_pairs
 from ._streams import RequestBody, ResponseRelay
 from ._watchdog import Watchdog
 
@@ -357,6 +357,15 @@ class Exchange:
             # Agent does not keep: it is left out, as RFC 9110 §8.6 allows.)
             headers.append((b"Content-Length", b"%d" % response.length))
         request.responseHeaders = headers_of(headers)
+        body = response.take_body() if isinstance(response, BackendResponse) else None
+        if body is not None:
+            # All of it came with the head: no relay, no producer, no timer.
+            self._stop_timer()
+            self._release()
+            if body:
+                request.write(body)
+            request.finish()
+            return
         self.relay = ResponseRelay(request, self.watchdog, self._relayed)
         response.deliverBody(self.relay)
 

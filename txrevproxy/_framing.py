@@ -40,12 +40,11 @@ _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # Control bytes but HTAB, CR and LF, and DEL: never in a head (RFC 9110
 # §5.5).
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# The field section: lines of "name:value", a CR only where it ends a line.
-_FIELD_SECTION = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n]*\r?\n)*\r?\n")
 _FRAMING_NAMES = rb"(?:content-length|transfer-encoding|connection|keep-alive)"
 _VALUE = rb"[ \t]*((?:[^\r\n]*[^ \t\r\n])?)[ \t]*\r?$"
-# Each line of a checked field section, in one pass: the end-to-end fields,
-# and the framing and connection fields.
+# The lines of a field section that are "name: value" (a CR only where it
+# ends a line), in one pass each: the end-to-end fields, and the framing
+# and connection fields.  A line neither finds is malformed.
 _END_TO_END = re.compile(rb"(?im)^(?!" + _FRAMING_NAMES + rb":)(" + _TOKEN + rb"):" + _VALUE)
 _FRAMING = re.compile(rb"(?im)^(" + _FRAMING_NAMES + rb"):" + _VALUE)
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?\Z")
@@ -118,20 +117,23 @@ def parse_head(block: bytes) -> Head:
         raise BadResponse(f"bad status line {block[:min(status_end, 100)]!r}")
     minor, code = int(status.group(1)), int(status.group(2))
     section = block[status_end:]
-    if _FIELD_SECTION.fullmatch(section) is None:
+    fields: Pairs = _END_TO_END.findall(section)
+    found = _FRAMING.findall(section)
+    if len(fields) + len(found) != section.count(b"\n") - 1:
+        # Some line is not "name: value".  obs-fold is replaced by a space
+        # (RFC 9112 §5.2); anything else is refused.
         if section[:1] in (b" ", b"\t"):
             raise BadResponse("folded line before the first field")
-        # obs-fold is replaced by a space (RFC 9112 §5.2); anything else
-        # that is not "name: value" is refused.
         section = _FOLD.sub(b" ", section)
-        if _FIELD_SECTION.fullmatch(section) is None:
+        fields = _END_TO_END.findall(section)
+        found = _FRAMING.findall(section)
+        if len(fields) + len(found) != section.count(b"\n") - 1:
             raise BadResponse(f"malformed field section {section[:100]!r}")
     if code == 101:
         # The proxy never asks for an upgrade (Upgrade is stripped).
         raise BadResponse("unsolicited 101 Switching Protocols")
-    fields: Pairs = _END_TO_END.findall(section)
     framing: dict[bytes, list[bytes]] = {}
-    for name, value in _FRAMING.findall(section):
+    for name, value in found:
         framing.setdefault(name.lower(), []).append(value)
     lengths = framing.get(b"content-length", [])
     codings = framing.get(b"transfer-encoding", [])

@@ -58,6 +58,7 @@ HOP_BY_HOP = frozenset(
 )
 
 _FORWARDED = (b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-ssl")
+_FORWARDED_NAMES = tuple(zip(_FORWARDED, (b"X-Forwarded-Host", b"X-Forwarded-Proto", b"X-Forwarded-SSL")))
 
 # Never forwarded from a client: the proxy computes these itself, framing is
 # Agent's job, and the X-Sendfile companions are a backend's business only
@@ -124,6 +125,11 @@ def address_text(address: IPAddress | None) -> str:
     Unix socket is C{unix:}, as nginx's C{$remote_addr}.
     """
     return "unix:" if address is None else str(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_bytes(address: IPAddress | None) -> bytes:
+    return address_text(address).encode("ascii")
 
 
 def _parse_ip(text: bytes) -> IPAddress | None:
@@ -251,18 +257,17 @@ class HeaderPolicy:
                     elif lower in _FORWARDED:
                         kept[lower] = values
                 continue
-            out.extend((name, value) for value in values)
-        address = address_text(peer.address).encode("ascii")
-        client = address_text(peer.client).encode("ascii")
+            for value in values:
+                out.append((name, value))
+        address = _address_bytes(peer.address)
         out.append((b"X-Forwarded-For", b", ".join(chain + [address]) if chain else address))
-        out.append((b"X-Real-IP", client))
-        for lower, name, default in (
-            (b"x-forwarded-host", b"X-Forwarded-Host", client_host),
-            (b"x-forwarded-proto", b"X-Forwarded-Proto", b"https" if peer.tls else b"http"),
-            (b"x-forwarded-ssl", b"X-Forwarded-SSL", b"on" if peer.tls else b"off"),
-        ):
+        out.append((b"X-Real-IP", _address_bytes(peer.client)))
+        defaults = (client_host, b"https" if peer.tls else b"http", b"on" if peer.tls else b"off")
+        for (lower, name), default in zip(_FORWARDED_NAMES, defaults):
             # (An HTTP/1.0 request may have no Host: nothing to forward.)
-            out.extend((name, value) for value in kept.get(lower, (default,)) if value)
+            for value in kept.get(lower, (default,)):
+                if value:
+                    out.append((name, value))
         if self._request_replaced:
             # Hide and add apply last: they can remove or replace the
             # proxy's own Host and forwarding headers too.

@@ -237,9 +237,12 @@ class ProxyChannel(HTTPChannel):
     _header_armed = False
     _host: Any = None
 
-    @property
-    def _limits(self) -> Any:
-        return getattr(self.site, "limits", _DEFAULT)
+    _limits: Limits = _DEFAULT
+
+    def connectionMade(self) -> None:
+        self._limits = getattr(self.site, "limits", _DEFAULT)
+        super().connectionMade()
+        self._start_header_timer()
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         # Twisted hands the transport each name, separator and value as a
@@ -260,10 +263,6 @@ class ProxyChannel(HTTPChannel):
         if self._host is None:
             self._host = self.transport.getHost()
         return self._host
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self._start_header_timer()
 
     def dataReceived(self, data: bytes) -> None:
         if not self._handlingRequest and not self._in_body and not self._rejected:
@@ -330,8 +329,8 @@ class ProxyChannel(HTTPChannel):
         C{Connection} headers (a comma list, in any case; Twisted reads
         only the first header, split on spaces).  HTTP/1.0 never.
         """
-        tokens = connection_tokens(request.requestHeaders.getRawHeaders(b"connection", ()))
-        if version == b"HTTP/1.1" and b"close" not in tokens:
+        values = request.requestHeaders.getRawHeaders(b"connection")
+        if version == b"HTTP/1.1" and (values is None or b"close" not in connection_tokens(values)):
             return True
         request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         return False

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
@@ -53,6 +54,12 @@ class _BodyTransport:
             connection.stop()
 
 
+class _Taken(Protocol):
+    """
+    Stands for the consumer of a body taken whole (L{BackendResponse.take_body}).
+    """
+
+
 @implementer(IResponse)
 class BackendResponse:
     """
@@ -82,6 +89,7 @@ class BackendResponse:
         self._held: list[bytes] = []
         self._end: Optional[Failure] = None
         self._headers: Optional[Headers] = None
+        self._announced = False
 
     def begin(self, head: Head, pairs: list[tuple[bytes, bytes]], length: int | object, keep_alive: bool) -> None:
         """
@@ -137,8 +145,30 @@ class BackendResponse:
             self._consumer.dataReceived(data)
             return
         self._held.append(data)
-        if self.connection is not None:
+        if self._announced and self.connection is not None:
             self.connection.pause()
+
+    def announced(self) -> None:
+        """
+        The response has been handed over: from now on, body bytes nobody
+        takes pause reading.
+        """
+        self._announced = True
+        if self._consumer is None and self._held and self.connection is not None:
+            self.connection.pause()
+
+    def take_body(self) -> Optional[bytes]:
+        """
+        The whole body, when it has all arrived and has not been delivered:
+        the caller has it instead of a consumer.  L{None} otherwise.
+        """
+        end = self._end
+        if self._consumer is not None or end is None or end.type is not ResponseDone:
+            return None
+        self._consumer = _Taken()
+        self._end = None
+        held, self._held = self._held, []
+        return b"".join(held)
 
     def detach(self) -> None:
         """
