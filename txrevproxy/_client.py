@@ -148,28 +148,23 @@ class BackendProtocol(Protocol):
         """
         if self.state != "QUIESCENT":
             return fail(RequestNotSent())
-        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in headers:
-            lines += (name, b": ", value, b"\r\n")
-        if not persistent:
-            lines.append(b"Connection: close\r\n")
+        framing = b"" if persistent else b"Connection: close\r\n"
         length: Optional[int] = None
         if body is None:
             if method in _EMPTY_BODY_METHODS:
-                lines.append(b"Content-Length: 0\r\n")
+                framing += b"Content-Length: 0\r\n"
         elif body.length is UNKNOWN_LENGTH:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
+            framing += b"Transfer-Encoding: chunked\r\n"
         else:
             length = int(body.length)  # type: ignore[arg-type]
-            lines.append(b"Content-Length: %d\r\n" % length)
-        lines.append(b"\r\n")
-        head = b"".join(lines)
-        # (A line break each: the request line, each field, each framing
-        # line added after the fields, and the empty line.)
-        breaks = 1 + len(headers) + (len(lines) - 4 * len(headers) - 4)
+            framing += b"Content-Length: %d\r\n" % length
+        fields = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+        head = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, fields, framing)
+        # One line break for the request line, each field, each framing
+        # line and the empty line: a CR or LF inside a value (which would
+        # be request smuggling) shows as one too many, and nothing is sent.
+        breaks = 2 + len(headers) + framing.count(b"\n")
         if head.count(b"\n") != breaks or head.count(b"\r") != breaks:
-            # Each line is ours, so a CR or LF inside a value would be
-            # request smuggling; nothing is sent.
             return fail(RequestNotSent())
         self.state = "BUSY"
         self.requests_made += 1

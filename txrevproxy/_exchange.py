@@ -30,7 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
 from ._backend import Backend
-from ._headers import Peer, address_text, headers_of
+from ._headers import Peer, headers_of
 from ._internal import KEPT_HEADERS, BadRedirect, TooManyRedirects, dispatch, redirect_value, validate_target
 from ._interpreter import SpawnFailed
 from ._response import BackendResponse, response_pairs
@@ -126,7 +126,7 @@ class Exchange:
             if self.fell_back:
                 return None
             self.fell_back = True
-        client = "" if self.peer.client is None else address_text(self.peer.client)
+        client = "" if self.peer.client is None else self.peer.client_text
         return proxy.by_name[proxy.balancer.choose(client, candidates)]
 
     def _attempt(self, again: Optional[Backend] = None) -> None:

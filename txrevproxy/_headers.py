@@ -100,36 +100,40 @@ class Peer:
     @ivar trusted: Whether that peer is one of C{trusted_proxies}.
     @ivar client: The client's address as L{client_address} computes it.
     @ivar tls: Whether the request arrived over TLS.
+    @ivar address_text: C{address} as forwarding headers write it.
+    @ivar client_text: C{client} as forwarding headers write it.
     """
 
     address: IPAddress | None
     trusted: bool
     client: IPAddress | None
     tls: bool
+    address_text: str = attrs.field(
+        default=attrs.Factory(lambda self: address_text(self.address), takes_self=True)
+    )
+    client_text: str = attrs.field(
+        default=attrs.Factory(lambda self: address_text(self.client), takes_self=True)
+    )
 
 
 @functools.lru_cache(maxsize=4096)
-def _peer_address(host: str) -> IPAddress | None:
-    # (Memoised: parsing an address costs more than relaying a small
-    # response's head, and a connection's peer asks again per request.)
+def _peer_address(host: str) -> tuple[IPAddress | None, str]:
+    # (Memoised by the text the transport gives: parsing an address costs
+    # more than relaying a small response's head, and a connection's peer
+    # is asked for again on every request.)
     try:
-        return ipaddress.ip_address(host) if host else None
+        address = ipaddress.ip_address(host) if host else None
     except ValueError:
-        return None
+        address = None
+    return address, address_text(address)
 
 
-@functools.lru_cache(maxsize=4096)
 def address_text(address: IPAddress | None) -> str:
     """
     An address as forwarding headers and balancers write it; a client on a
     Unix socket is C{unix:}, as nginx's C{$remote_addr}.
     """
     return "unix:" if address is None else str(address)
-
-
-@functools.lru_cache(maxsize=4096)
-def _address_bytes(address: IPAddress | None) -> bytes:
-    return address_text(address).encode("ascii")
 
 
 def _parse_ip(text: bytes) -> IPAddress | None:
@@ -172,13 +176,13 @@ def request_peer(request: Any, trusted: Sequence[Network]) -> Peer:
 
 
 def _peer(request: Any, trusted: Sequence[Network]) -> Peer:
-    address = _peer_address(getattr(request.getClientAddress(), "host", None) or "")
+    address, text = _peer_address(getattr(request.getClientAddress(), "host", None) or "")
     trusted_peer = address is not None and any(address in net for net in trusted)
-    client = address
-    if trusted_peer:
-        chain = request.requestHeaders.getRawHeaders(b"x-forwarded-for", ())
-        client = client_address(address, chain, trusted)
-    return Peer(address, trusted_peer, client, request.isSecure())
+    if not trusted_peer:
+        return Peer(address, False, address, request.isSecure(), text, text)
+    chain = request.requestHeaders.getRawHeaders(b"x-forwarded-for", ())
+    client = client_address(address, chain, trusted)
+    return Peer(address, True, client, request.isSecure(), text)
 
 
 def _lower_names(names: Iterable[bytes]) -> frozenset[bytes]:
@@ -189,10 +193,10 @@ def headers_of(pairs: Iterable[tuple[bytes, bytes]]) -> Headers:
     """
     A L{Headers} holding C{pairs}, repeated names kept in order.
     """
-    grouped: dict[bytes, list[bytes]] = {}
+    headers = Headers()
     for name, value in pairs:
-        grouped.setdefault(name, []).append(value)
-    return Headers(grouped)
+        headers.addRawHeader(name, value)
+    return headers
 
 
 @attrs.frozen
@@ -259,9 +263,9 @@ class HeaderPolicy:
                 continue
             for value in values:
                 out.append((name, value))
-        address = _address_bytes(peer.address)
+        address = peer.address_text.encode("ascii")
         out.append((b"X-Forwarded-For", b", ".join(chain + [address]) if chain else address))
-        out.append((b"X-Real-IP", _address_bytes(peer.client)))
+        out.append((b"X-Real-IP", peer.client_text.encode("ascii")))
         defaults = (client_host, b"https" if peer.tls else b"http", b"on" if peer.tls else b"off")
         for (lower, name), default in zip(_FORWARDED_NAMES, defaults):
             # (An HTTP/1.0 request may have no Host: nothing to forward.)

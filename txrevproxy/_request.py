@@ -257,6 +257,29 @@ class ProxyChannel(HTTPChannel):
         lines.append(b"\r\n")
         self.transport.write(b"".join(lines))
 
+    # Twisted's idle timeout (TimeoutMixin) is switched off for each request
+    # and on again after it, which costs a new timer per request; this one
+    # is kept, and moved, for the life of the connection.
+    _idle: Optional[IDelayedCall] = None
+
+    def setTimeout(self, period: Optional[float]) -> Optional[float]:
+        previous, self.timeOut = self.timeOut, period
+        if period is not None:
+            if self._idle is not None and self._idle.active():
+                self._idle.reset(period)
+            else:
+                self._idle = self.callLater(period, self._idle_expired)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self.timeOut is not None and self._idle is not None and self._idle.active():
+            self._idle.reset(self.timeOut)
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        if self.timeOut is not None:
+            self.timeoutConnection()
+
     def getHost(self) -> Any:
         # Each request asks; the local address of a connection never
         # changes, and asking the socket is a system call.
@@ -349,6 +372,17 @@ class ProxyChannel(HTTPChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_header_timer()
         super().connectionLost(reason)
+        self.stop_timers()
+
+    def stop_timers(self) -> None:
+        """
+        This channel is done with (closed, or replaced by HTTP/2): no timer
+        of its may fire.
+        """
+        self._stop_header_timer()
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
 
     def _start_header_timer(self) -> None:
         if self._header_armed:

@@ -64,8 +64,8 @@ class _Channel(http._GenericHTTPChannelProtocol):  # type: ignore[misc]
             super().dataReceived(data)
         finally:
             if self._channel is not before and isinstance(before, ProxyChannel):
-                # Switched to HTTP/2: the HTTP/1.1 channel's head timer is moot.
-                before._stop_header_timer()
+                # Switched to HTTP/2: the HTTP/1.1 channel's timers are moot.
+                before.stop_timers()
 
     def connectionLost(self, reason: Any) -> None:
         self.factory.connections -= 1
