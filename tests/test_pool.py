@@ -1,5 +1,5 @@
 """
-The keep-alive pool in memory: a L{SourceAgent} over a L{StrictPool},
+The keep-alive pool in memory: a L{SourceAgent} over a L{BackendPool},
 connected to a real C{twisted.web} L{Site} through L{twisted.test.iosim},
 with time on a L{MemoryReactorClock}.  No sockets, no real time.
 """
@@ -150,3 +150,42 @@ class PoolTests(SynchronousTestCase):
         self.get(agent)
         self.assertEqual(len(self.endpoint.servers), 2)
         self.assertEqual(self.endpoint.open(), 0)
+
+    def test_takenNotTimedOut(self) -> None:
+        """
+        An idle timer that runs out while its connection is in use (it is
+        moved, not cancelled, when the connection is taken) leaves the
+        connection alone; the timer starts again when it comes back.
+        """
+        agent = self.agent(keepalive_timeout=4.0)
+        self.get(agent)
+        self.clock.advance(3)
+        taken = agent.pool.take(b"http://b")
+        assert taken is not None
+        self.clock.advance(2)
+        self.endpoint.flush()
+        self.assertEqual(self.endpoint.open(), 1)
+        agent.pool._putConnection(b"http://b", taken)
+        self.clock.advance(3.9)
+        self.endpoint.flush()
+        self.assertEqual(self.endpoint.open(), 1)
+        self.clock.advance(0.2)
+        self.endpoint.flush()
+        self.assertEqual(self.endpoint.open(), 0)
+
+    def test_mostRecentFirst(self) -> None:
+        """
+        The connection used last is taken first, so the ones left idle are
+        those that time out.
+        """
+        agent = self.agent()
+        pending = [
+            agent.request(b"GET", b"http://b/", Headers({b"host": [b"b"]})).addCallback(readBody)
+            for _ in range(2)
+        ]
+        self.endpoint.flush()
+        for d in pending:
+            self.successResultOf(d)
+        idle = list(agent.pool._connections[b"http://b"])
+        self.assertEqual(len(idle), 2)
+        self.assertIs(agent.pool.take(b"http://b"), idle[-1])

@@ -35,6 +35,7 @@ from twisted.web._newclient import (
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
+    WrongBodyLength,
 )
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -75,14 +76,16 @@ class _BodyWriter:
             return
         self._left -= len(data)
         if self._left < 0:
-            raise ValueError("request body longer than its Content-Length")
+            # Sending it would put bytes of no request on the connection.
+            self._protocol.body_failed(WrongBodyLength("request body longer than its Content-Length"))
+            return
         self._protocol.transport.write(data)
 
     def finish(self) -> None:
         if self._left is None:
             self._protocol.transport.write(b"0\r\n\r\n")
         elif self._left:
-            raise ValueError("request body shorter than its Content-Length")
+            raise WrongBodyLength("request body shorter than its Content-Length")
 
     # The producer is registered with the transport itself.
     def registerProducer(self, producer: Any, streaming: bool) -> None:
@@ -195,10 +198,17 @@ class BackendProtocol(Protocol):
             return
         try:
             self._writer.finish()
-        except ValueError:
+        except WrongBodyLength:
             self._body_failed(Failure(), body)
             return
         self._stop_body()
+
+    def body_failed(self, reason: Exception) -> None:
+        """
+        The body being sent cannot be: the request fails, and the
+        connection is dropped.
+        """
+        self._body_failed(Failure(reason), self._body)
 
     def _body_failed(self, reason: Failure, body: Optional[IBodyProducer] = None) -> None:
         if body is not None and body is not self._body:

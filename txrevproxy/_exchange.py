@@ -30,7 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
 from ._backend import Backend
-from ._headers import Peer, headers_of
+from ._headers import Peer
 from ._internal import KEPT_HEADERS, BadRedirect, TooManyRedirects, dispatch, redirect_value, validate_target
 from ._interpreter import SpawnFailed
 from ._response import BackendResponse, response_pairs
@@ -99,7 +99,11 @@ class Exchange:
         Send the request to the first backend the balancer picks.
         """
         request = self.request
-        request.notifyFinish().addErrback(self._client_gone)
+        when_gone = getattr(request, "when_gone", None)
+        if when_gone is not None:
+            when_gone(self._client_gone)
+        else:
+            request.notifyFinish().addErrback(self._client_gone)
         self.client_host = request.getHeader(b"host") or b""
         self.raw_headers = list(request.requestHeaders.getAllRawHeaders())
         self._attempt()
@@ -344,9 +348,6 @@ class Exchange:
             return
         request.setResponseCode(response.code, response.phrase)
         headers = proxy.policy.reply_headers(pairs, proxy.server_tokens)
-        date = request.responseHeaders.getRawHeaders(b"date")
-        if date:
-            headers.append((b"Date", date[0]))
         if request.method == b"HEAD":
             # Agent leaves a HEAD answer's Content-Length among the headers.
             lengths = [v for n, v in pairs if n.lower() == b"content-length"]
@@ -356,7 +357,14 @@ class Exchange:
             # (A 304's length would be that of the 200 it stands for, which
             # Agent does not keep: it is left out, as RFC 9110 §8.6 allows.)
             headers.append((b"Content-Length", b"%d" % response.length))
-        request.responseHeaders = headers_of(headers)
+        # The backend's fields join what the site set (its Date); Server is
+        # the policy's, and a default Content-Type (Twisted's own Request
+        # sets one) is not the backend's.
+        out = request.responseHeaders
+        out.removeHeader(b"server")
+        out.removeHeader(b"content-type")
+        for name, value in headers:
+            out.addRawHeader(name, value)
         body = response.take_body() if isinstance(response, BackendResponse) else None
         if body is not None:
             # All of it came with the head: no relay, no producer, no timer.

@@ -207,12 +207,25 @@ class ChunkedDecoder:
                 if not self._left:
                     self._state = "crlf"
                 continue
+            if state == "crlf":
+                # Exactly CRLF ends a chunk's data; anything else is refused
+                # as soon as it shows.
+                take = data[at : at + 2 - len(self._line)]
+                self._line += take
+                at += len(take)
+                if not b"\r\n".startswith(self._line):
+                    raise BadResponse("chunk data not followed by CRLF")
+                if len(self._line) == 2:
+                    self._line = b""
+                    self._state = "size"
+                continue
             newline = data.find(b"\n", at)
             stop = end if newline < 0 else newline + 1
             self._line += data[at:stop]
             at = stop
-            if len(self._line) > _MAX_CHUNK_LINE and state != "trailer":
-                raise BadResponse("chunk line too long")
+            limit = MAX_RESPONSE_HEAD - self._trailer if state == "trailer" else _MAX_CHUNK_LINE
+            if len(self._line) > limit:
+                raise BadResponse("chunk size or trailer line too long")
             if newline < 0:
                 continue
             line, self._line = self._line, b""
@@ -220,11 +233,7 @@ class ChunkedDecoder:
         return out, data[at:] if self.done else b""
 
     def _line_received(self, state: str, line: bytes) -> None:
-        if state == "crlf":
-            if line != b"\r\n":
-                raise BadResponse("chunk data not followed by CRLF")
-            self._state = "size"
-        elif state == "size":
+        if state == "size":
             size = _CHUNK_SIZE.match(line.rstrip(b"\r\n"))
             if size is None or not line.endswith(b"\r\n"):
                 raise BadResponse(f"bad chunk size line {line[:40]!r}")

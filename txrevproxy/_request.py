@@ -20,6 +20,7 @@ connection closed, so nothing after it on the connection is ever parsed.
 from __future__ import annotations
 
 from io import BytesIO
+from collections.abc import Callable
 from typing import Any, Optional
 
 import attrs
@@ -92,6 +93,22 @@ class ProxyRequest(Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.defaultContentType = None
+
+    _on_gone: Optional[Callable[[Failure], None]] = None
+
+    def when_gone(self, callback: Callable[[Failure], None]) -> None:
+        """
+        Call C{callback} if the client goes away before the response is
+        finished: L{notifyFinish}'s errback, without a L{Deferred} made and
+        fired for every request that ends well.
+        """
+        self._on_gone = callback
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        callback, self._on_gone = self._on_gone, None
+        if callback is not None and not self.finished:
+            callback(reason)
 
     def gotLength(self, length: Optional[int]) -> None:
         if self._streaming:
