@@ -283,7 +283,7 @@ class BackendProtocol(Protocol):
             self._left = 0
             if self._method == b"HEAD" and head.length is not None:
                 # As Agent does: a HEAD answer keeps the length it announces.
-                fields = fields + [(b"Content-Length", b"%d" % head.length)]
+                fields = (*fields, (b"Content-Length", b"%d" % head.length))
         elif head.chunked:
             self._chunks = ChunkedDecoder()
         else:

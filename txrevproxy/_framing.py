@@ -15,6 +15,7 @@ client by mistake.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Optional
 
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 MAX_RESPONSE_HEAD = 65536
+_MEMO_LIMIT = 2048
+_MEMO_SIZE = 256
 _MAX_CHUNK_LINE = 4096
 
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
@@ -40,13 +43,13 @@ _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # Control bytes but HTAB, CR and LF, and DEL: never in a head (RFC 9110
 # §5.5).
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_FRAMING_NAMES = rb"(?:content-length|transfer-encoding|connection|keep-alive)"
+_FRAMING_NAMES = rb"(?i:content-length|transfer-encoding|connection|keep-alive)"
 _VALUE = rb"[ \t]*((?:[^\r\n]*[^ \t\r\n])?)[ \t]*\r?$"
 # The lines of a field section that are "name: value" (a CR only where it
 # ends a line), in one pass each: the end-to-end fields, and the framing
 # and connection fields.  A line neither finds is malformed.
-_END_TO_END = re.compile(rb"(?im)^(?!" + _FRAMING_NAMES + rb":)(" + _TOKEN + rb"):" + _VALUE)
-_FRAMING = re.compile(rb"(?im)^(" + _FRAMING_NAMES + rb"):" + _VALUE)
+_END_TO_END = re.compile(rb"(?m)^(?!" + _FRAMING_NAMES + rb":)(" + _TOKEN + rb"):" + _VALUE)
+_FRAMING = re.compile(rb"(?m)^(" + _FRAMING_NAMES + rb"):" + _VALUE)
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?\Z")
 _FOLD = re.compile(rb"\r?\n[ \t]+")
 
@@ -83,7 +86,7 @@ class Head:
     minor: int
     code: int
     phrase: bytes
-    fields: Pairs
+    fields: tuple[tuple[bytes, bytes], ...]
     length: Optional[int]
     chunked: bool
     keep_alive: bool
@@ -106,8 +109,20 @@ def parse_head(block: bytes) -> Head:
     """
     Parse one complete response head (status line, fields, empty line).
 
+    A backend under load sends the same head many times a second (its
+    C{Date} changes once a second), and parsing one costs more than
+    relaying a small body: heads of up to L{_MEMO_LIMIT} bytes are
+    remembered, the last L{_MEMO_SIZE} of them.  A L{Head} is immutable,
+    so sharing one is safe; a head that fails is never remembered.
+
     @raise BadResponse: The head is malformed or its framing ambiguous.
     """
+    if len(block) <= _MEMO_LIMIT:
+        return _parse_remembered(block)
+    return _parse(block)
+
+
+def _parse(block: bytes) -> Head:
     control = _CONTROL.search(block)
     if control is not None:
         raise BadResponse(f"control byte {control.group()!r} in the response head")
@@ -152,12 +167,15 @@ def parse_head(block: bytes) -> Head:
         minor,
         code,
         status.group(3) or b"",
-        fields,
+        tuple(fields),
         int(lengths[0]) if lengths else None,
         bool(codings),
         keep_alive,
         keepalive_timeout(framing.get(b"keep-alive", ())),
     )
+
+
+_parse_remembered = functools.lru_cache(maxsize=_MEMO_SIZE)(_parse)
 
 
 def keepalive_timeout(values: list[bytes] | tuple[bytes, ...]) -> Optional[float]:

@@ -3,13 +3,14 @@
 A backend's response as the proxy receives it: an L{IResponse} whose body
 is passed on as it arrives.
 
-The fields stay a list of pairs, as parsed; L{twisted.web.http_headers.
+The fields stay pairs, as parsed; L{twisted.web.http_headers.
 Headers} is built only for a caller that asks for C{headers}, which the
 proxy's own path does not.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.interfaces import IPushProducer
@@ -82,7 +83,7 @@ class BackendResponse:
     def __init__(self, connection: BackendProtocol) -> None:
         self.connection: Optional[BackendProtocol] = connection
         self.head: Optional[Head] = None
-        self.pairs: list[tuple[bytes, bytes]] = []
+        self.pairs: Sequence[tuple[bytes, bytes]] = ()
         self.keep_alive = False
         self.finished = False
         self._consumer: Optional[Any] = None
@@ -91,7 +92,9 @@ class BackendResponse:
         self._headers: Optional[Headers] = None
         self._announced = False
 
-    def begin(self, head: Head, pairs: list[tuple[bytes, bytes]], length: int | object, keep_alive: bool) -> None:
+    def begin(
+        self, head: Head, pairs: Sequence[tuple[bytes, bytes]], length: int | object, keep_alive: bool
+    ) -> None:
         """
         The head has arrived.
         """
@@ -196,7 +199,7 @@ class BackendResponse:
         consumer.connectionLost(reason)  # type: ignore[union-attr]
 
 
-def response_pairs(response: IResponse) -> list[tuple[bytes, bytes]]:
+def response_pairs(response: IResponse) -> Sequence[tuple[bytes, bytes]]:
     """
     The fields of any L{IResponse} as pairs: ours as parsed, another
     agent's from its L{Headers}.
