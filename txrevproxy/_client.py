@@ -109,6 +109,7 @@ class BackendProtocol(Protocol):
         keep-alive connection.
     """
 
+    transport: Any  # a TCP or TLS transport: a producer with abortConnection
     state = "CONNECTING"
     lost = False
     idle_limit: Optional[float] = None

@@ -228,9 +228,9 @@ class ChunkedDecoder:
             if state == "crlf":
                 # Exactly CRLF ends a chunk's data; anything else is refused
                 # as soon as it shows.
-                take = data[at : at + 2 - len(self._line)]
-                self._line += take
-                at += len(take)
+                piece = data[at : at + 2 - len(self._line)]
+                self._line += piece
+                at += len(piece)
                 if not b"\r\n".startswith(self._line):
                     raise BadResponse("chunk data not followed by CRLF")
                 if len(self._line) == 2:

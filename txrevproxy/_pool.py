@@ -39,7 +39,7 @@ class BackendPool(HTTPConnectionPool):
     An L{HTTPConnectionPool} of L{BackendProtocol} connections.
     """
 
-    _factory = BackendFactory
+    _factory = BackendFactory  # type: ignore[assignment]
     retryAutomatically = False  # Retries are the exchange's decision.
 
     def take(self, key: Any) -> Optional[BackendProtocol]:

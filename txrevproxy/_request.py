@@ -280,7 +280,7 @@ class ProxyChannel(HTTPChannel):
     _idle: Optional[IDelayedCall] = None
 
     def setTimeout(self, period: Optional[float]) -> Optional[float]:
-        previous, self.timeOut = self.timeOut, period
+        previous, self.timeOut = self.timeOut, period  # type: ignore[assignment]
         if period is not None:
             if self._idle is not None and self._idle.active():
                 self._idle.reset(period)

@@ -84,7 +84,8 @@ def build(
 
     @param reactor: Used for timers, connections and processes.
     @param agent_factory: Makes the L{IAgent} for one source of one proxy
-        rule; the default makes an L{Agent} with its own keep-alive pool.
+        rule; the default makes a L{SourceAgent} over its own keep-alive
+        L{BackendPool}.
         Tests pass agents that reach in-memory backends.
     @param start_interpreters: Whether this process starts and supervises
         the interpreter sources; a worker process does not, and reaches
