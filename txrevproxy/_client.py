@@ -214,7 +214,7 @@ class BackendProtocol(Protocol):
     def _body_failed(self, reason: Failure, body: Optional[IBodyProducer] = None) -> None:
         if body is not None and body is not self._body:
             return
-        self._stop_body()
+        # (Giving up stops the producer, if it is still at work.)
         self._give_up(RequestTransmissionFailed([reason]))
 
     def _stop_body(self) -> None:
