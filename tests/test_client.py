@@ -63,6 +63,17 @@ class ProtocolTests(SynchronousTestCase):
     def answer(self, data: bytes) -> None:
         self.protocol.dataReceived(data)
 
+    def held(self) -> Any:
+        """
+        A response whose first body bytes came with its head and are held
+        (reading paused) until someone takes the body.
+        """
+        d = self.send()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+        response = self.successResultOf(d)
+        self.assertEqual(self.transport.producerState, "paused")
+        return response
+
     def test_requestBytes(self) -> None:
         """
         The head is the request line, the fields in the order given, the
@@ -90,6 +101,8 @@ class ProtocolTests(SynchronousTestCase):
                 self.failureResultOf(d, RequestNotSent)
                 self.assertEqual(self.transport.value(), b"")
                 self.assertEqual(self.protocol.state, "QUIESCENT")
+                # Nothing was sent: the connection goes back to the pool.
+                self.assertEqual(self.idle[-1:], [self.protocol])
 
     def test_response(self) -> None:
         d = self.send()
@@ -198,10 +211,7 @@ class ProtocolTests(SynchronousTestCase):
         Body bytes that arrive before anyone asked for the body are held,
         and reading stops until someone does.
         """
-        d = self.send()
-        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
-        response = self.successResultOf(d)
-        self.assertEqual(self.transport.producerState, "paused")
+        response = self.held()
         body = Body()
         response.deliverBody(body)
         self.assertEqual(self.transport.producerState, "producing")
@@ -232,6 +242,36 @@ class ProtocolTests(SynchronousTestCase):
         assert body.end is not None
         self.assertTrue(body.end.check(ResponseFailed))
         self.assertEqual(self.idle, [])
+
+    def test_consumerStopsAsBodyEnds(self) -> None:
+        """
+        A consumer that gives up on the body in the very read that ends it
+        leaves the connection closed, never back in the pool.
+        """
+        for answer in (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ):
+            with self.subTest(answer=answer):
+                self.setUp()
+                d = self.send()
+                self.answer(answer)
+                self.successResultOf(d).deliverBody(_StopAtOnce())
+                self.answer(b"body" if b"Length" in answer else b"4\r\nbody\r\n0\r\n\r\n")
+                self.assertEqual(self.idle, [])
+                self.assertEqual(self.protocol.state, "CLOSED")
+
+    def test_pauseWhileHandedOver(self) -> None:
+        """
+        A consumer that pauses while the held bytes are handed to it (a slow
+        client) stays paused: reading resumes only when it says so.
+        """
+        response = self.held()
+        consumer = _PauseAtOnce()
+        response.deliverBody(consumer)
+        self.assertEqual(self.transport.producerState, "paused")
+        consumer.transport.resumeProducing()
+        self.assertEqual(self.transport.producerState, "producing")
 
     # Failures.
 
@@ -359,11 +399,44 @@ class RequestBodyTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.idle, [])
 
+    def test_lateProducerWrite(self) -> None:
+        """
+        A producer that writes after its request is over writes nothing:
+        those bytes would land in the next request on the connection.
+        """
+        body = self.stream()
+        self.protocol.request(b"POST", b"/a", list(HOST), body)
+        writer = body._consumer
+        assert writer is not None
+        body.finish()
+        self.protocol.dataReceived(OK)
+        self.protocol.request(b"GET", b"/b", list(HOST), None)
+        self.transport.clear()
+        writer.write(b"SMUGGLED")
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.protocol.state, "BUSY")
+
     def test_clientGone(self) -> None:
         body = self.stream()
         d = self.protocol.request(b"POST", b"/", list(HOST), body)
         body.fail(Failure(ConnectionLost()))
         self.failureResultOf(d, RequestTransmissionFailed)
+
+
+class _StopAtOnce(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        pass
+
+
+class _PauseAtOnce(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.pauseProducing()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        pass
 
 
 class _Immediate:

@@ -189,3 +189,17 @@ class PoolTests(SynchronousTestCase):
         idle = list(agent.pool._connections[b"http://b"])
         self.assertEqual(len(idle), 2)
         self.assertIs(agent.pool.take(b"http://b"), idle[-1])
+
+    def test_closingPoolKeepsNothing(self) -> None:
+        """
+        A connection that finishes its request after the pool was told to
+        close its connections is closed, not kept.
+        """
+        agent = self.agent()
+        d = agent.request(b"GET", b"http://b/", Headers({b"host": [b"b"]})).addCallback(readBody)
+        agent.pool.closeCachedConnections()
+        self.endpoint.flush()
+        self.assertEqual(self.successResultOf(d), b"ok")
+        self.endpoint.flush()
+        self.assertEqual(self.endpoint.open(), 0)
+        self.assertEqual(agent.pool._connections.get(b"http://b", []), [])

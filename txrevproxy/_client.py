@@ -67,9 +67,12 @@ class _BodyWriter:
     def __init__(self, protocol: BackendProtocol, length: Optional[int]) -> None:
         self._protocol = protocol
         self._left = length
+        self.done = False
 
     def write(self, data: bytes) -> None:
-        if not data or self._protocol.transport is None:
+        if self.done or not data:
+            # (A producer writing after its request is over would put bytes
+            # into whatever the connection carries next.)
             return
         if self._left is None:
             self._protocol.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
@@ -77,11 +80,13 @@ class _BodyWriter:
         self._left -= len(data)
         if self._left < 0:
             # Sending it would put bytes of no request on the connection.
-            self._protocol.body_failed(WrongBodyLength("request body longer than its Content-Length"))
+            self._protocol.body_failed(self, WrongBodyLength("request body longer than its Content-Length"))
             return
         self._protocol.transport.write(data)
 
     def finish(self) -> None:
+        if self.done:
+            return
         if self._left is None:
             self._protocol.transport.write(b"0\r\n\r\n")
         elif self._left:
@@ -169,6 +174,8 @@ class BackendProtocol(Protocol):
         # be request smuggling) shows as one too many, and nothing is sent.
         breaks = 2 + len(headers) + framing.count(b"\n")
         if head.count(b"\n") != breaks or head.count(b"\r") != breaks:
+            # Nothing was written: the connection is as good as it was.
+            self._quiescent(self)
             return fail(RequestNotSent())
         self.state = "BUSY"
         self.requests_made += 1
@@ -204,12 +211,13 @@ class BackendProtocol(Protocol):
             return
         self._stop_body()
 
-    def body_failed(self, reason: Exception) -> None:
+    def body_failed(self, writer: _BodyWriter, reason: Exception) -> None:
         """
-        The body being sent cannot be: the request fails, and the
+        The body C{writer} is sending cannot be: the request fails, and the
         connection is dropped.
         """
-        self._body_failed(Failure(reason), self._body)
+        if writer is self._writer:
+            self._body_failed(Failure(reason), self._body)
 
     def _body_failed(self, reason: Failure, body: Optional[IBodyProducer] = None) -> None:
         if body is not None and body is not self._body:
@@ -219,6 +227,8 @@ class BackendProtocol(Protocol):
 
     def _stop_body(self) -> None:
         if self._body is not None:
+            if self._writer is not None:
+                self._writer.done = True
             self._body = self._writer = None
             if self.transport is not None:
                 self.transport.unregisterProducer()
@@ -298,19 +308,25 @@ class BackendProtocol(Protocol):
         response = self._response
         assert response is not None
         rest = b""
-        if self._chunks is not None:
-            pieces, rest = self._chunks.feed(data)
+        chunks = self._chunks
+        if chunks is not None:
+            pieces, rest = chunks.feed(data)
             for piece in pieces:
                 response.deliver(piece)
-            if not self._chunks.done:
+                if self._response is not response:
+                    return  # (Its consumer gave up on it: the connection is gone.)
+            if not chunks.done:
                 return
         elif self._left is not None:
             if len(data) > self._left:
                 data, rest = data[: self._left], data[self._left :]
             self._left -= len(data)
+            left = self._left
             if data:
                 response.deliver(data)
-            if self._left:
+                if self._response is not response:
+                    return
+            if left:
                 return
         else:
             response.deliver(data)  # until the backend closes
@@ -368,6 +384,7 @@ class BackendProtocol(Protocol):
 
     def _close(self, abort: bool = False) -> None:
         self.state = "CLOSED"
+        self._chunks = self._left = None
         if self._body is not None:
             body = self._body
             self._stop_body()

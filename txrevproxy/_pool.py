@@ -61,9 +61,14 @@ class BackendPool(HTTPConnectionPool):
             return succeed(connection)
         return self._newConnection(key, endpoint)
 
+    _closing = False
+
     def _putConnection(self, key: Any, connection: Any) -> None:
-        if self.maxPersistentPerHost == 0:
-            # reuse_connections = 0: nothing is kept.
+        if connection.state != "QUIESCENT":
+            return  # (Closed under its last response: nothing to keep.)
+        if self.maxPersistentPerHost == 0 or self._closing:
+            # reuse_connections = 0, or the pool is being shut: nothing is
+            # kept.
             connection.transport.loseConnection()
             return
         connections = self._connections.setdefault(key, [])
@@ -92,6 +97,12 @@ class BackendPool(HTTPConnectionPool):
         if connection in connections:
             connections.remove(connection)
             connection.transport.loseConnection()
+
+    def closeCachedConnections(self) -> Deferred[None]:
+        # Connections still carrying a request close when they are done,
+        # instead of coming back to a pool that is shutting.
+        self._closing = True
+        return super().closeCachedConnections()  # type: ignore[no-any-return]
 
     def _forget(self, connection: Any) -> None:
         timer = self._timeouts.pop(connection, None)

@@ -91,6 +91,7 @@ class BackendResponse:
         self._end: Optional[Failure] = None
         self._headers: Optional[Headers] = None
         self._announced = False
+        self._held_pause = False
 
     def begin(
         self, head: Head, pairs: Sequence[tuple[bytes, bytes]], length: int | object, keep_alive: bool
@@ -127,6 +128,12 @@ class BackendResponse:
         if self._consumer is not None:
             raise RuntimeError("the body was already delivered")
         self._consumer = protocol
+        if self._held_pause:
+            # Reading was paused only to hold these bytes; a pause the
+            # consumer asks for while they are handed over must stand.
+            self._held_pause = False
+            if self.connection is not None:
+                self.connection.resume()
         protocol.makeConnection(_BodyTransport(self))  # type: ignore[arg-type]
         held, self._held = self._held, []
         for data in held:
@@ -136,8 +143,6 @@ class BackendResponse:
         if self._end is not None:
             end, self._end = self._end, None
             self._lost(end)
-        elif self.connection is not None and self.connection.paused and self._consumer is not None:
-            self.connection.resume()
 
     def deliver(self, data: bytes) -> None:
         """
@@ -149,6 +154,7 @@ class BackendResponse:
             return
         self._held.append(data)
         if self._announced and self.connection is not None:
+            self._held_pause = True
             self.connection.pause()
 
     def announced(self) -> None:
@@ -158,6 +164,7 @@ class BackendResponse:
         """
         self._announced = True
         if self._consumer is None and self._held and self.connection is not None:
+            self._held_pause = True
             self.connection.pause()
 
     def take_body(self) -> Optional[bytes]:
