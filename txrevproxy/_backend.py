@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_backend -*-
+# -*- test-case-name: tests.test_pool,tests.test_resilience -*-
 """
 Backends: a source as one proxy rule uses it, with its own keep-alive pool.
 

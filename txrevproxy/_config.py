@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.test_loader -*-
 """
 The configuration model: frozen attrs records for every section of the
 configuration file.

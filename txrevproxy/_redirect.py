@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_redirect -*-
+# -*- test-case-name: tests.test_internal -*-
 """
 The C{redirect} handler: answer with a fixed status and a C{Location}
 built from a template.

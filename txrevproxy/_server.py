@@ -19,7 +19,8 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from ._errorpages import ErrorPages
-from ._request import Limits, ProxyChannel, ProxyRequest
+from ._channel import ProxyChannel
+from ._request import Limits, ProxyRequest
 
 __all__ = ["ProxySite", "access_log_line"]
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_site -*-
+# -*- test-case-name: tests.test_library,tests.test_proxy_wire -*-
 """
 Turning a L{Configuration} into the things that run: the L{Site} with its
 resource tree, and the services that go with it (interpreters, pools).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_vhosts -*-
+# -*- test-case-name: tests.test_rules,tests.test_proxy_wire -*-
 """
 The root of the resource tree: picks the vserver by host name, then the
 first rule of that vserver whose conditions hold, then hands the request to

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_cli -*-
 """
 The twistd plugin's options and service: C{twistd -n revproxy
 --config=conf/site.ini} and C{twist revproxy --config=...}.
