@@ -315,6 +315,30 @@ class ProtocolTests(SynchronousTestCase):
         self.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
         self.failureResultOf(d, ResponseFailed)
 
+    def test_abortedMidBody(self) -> None:
+        """
+        A connection dropped from our side in the middle of a body with a
+        length does not pass the cut for the body's end.
+        """
+        d = self.send()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
+        body = Body()
+        self.successResultOf(d).deliverBody(body)
+        self.protocol.abort()
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        assert body.end is not None
+        self.assertTrue(body.end.check(ResponseFailed))
+
+    def test_lostAfterInterim(self) -> None:
+        """
+        A backend that sent a 1xx has answered something: losing it then is
+        a failed response, not one never received (so not retried).
+        """
+        d = self.send()
+        self.answer(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, ResponseFailed)
+
     def test_cutBody(self) -> None:
         d = self.send()
         self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")

@@ -82,6 +82,14 @@ class PoolTests(SynchronousTestCase):
         self.addCleanup(pool.closeCachedConnections)
         return SourceAgent(pool, self.endpoint, b"http://b")
 
+    def openAfter(self, seconds: float) -> int:
+        """
+        How many backend connections are open once C{seconds} pass.
+        """
+        self.clock.advance(seconds)
+        self.endpoint.flush()
+        return self.endpoint.open()
+
     def get(self, agent: SourceAgent, path: bytes = b"/") -> bytes:
         d = agent.request(b"GET", b"http://b" + path, Headers({b"host": [b"b"]}))
         d.addCallback(readBody)
@@ -103,12 +111,8 @@ class PoolTests(SynchronousTestCase):
         """
         agent = self.agent(keepalive_timeout=4.0)
         self.get(agent)
-        self.clock.advance(3.9)
-        self.endpoint.flush()
-        self.assertEqual(self.endpoint.open(), 1)
-        self.clock.advance(0.2)
-        self.endpoint.flush()
-        self.assertEqual(self.endpoint.open(), 0)
+        self.assertEqual(self.openAfter(3.9), 1)
+        self.assertEqual(self.openAfter(0.2), 0)
 
     def test_advertisedTimeout(self) -> None:
         """
@@ -117,12 +121,8 @@ class PoolTests(SynchronousTestCase):
         """
         agent = self.agent(keepalive_timeout=4.0)
         self.get(agent, b"/advertise")
-        self.clock.advance(0.9)
-        self.endpoint.flush()
-        self.assertEqual(self.endpoint.open(), 1)
-        self.clock.advance(0.2)
-        self.endpoint.flush()
-        self.assertEqual(self.endpoint.open(), 0)
+        self.assertEqual(self.openAfter(0.9), 1)
+        self.assertEqual(self.openAfter(0.2), 0)
 
     def test_idleCap(self) -> None:
         """
@@ -162,16 +162,10 @@ class PoolTests(SynchronousTestCase):
         self.clock.advance(3)
         taken = agent.pool.take(b"http://b")
         assert taken is not None
-        self.clock.advance(2)
-        self.endpoint.flush()
-        self.assertEqual(self.endpoint.open(), 1)
+        self.assertEqual(self.openAfter(2), 1)
         agent.pool._putConnection(b"http://b", taken)
-        self.clock.advance(3.9)
-        self.endpoint.flush()
-        self.assertEqual(self.endpoint.open(), 1)
-        self.clock.advance(0.2)
-        self.endpoint.flush()
-        self.assertEqual(self.endpoint.open(), 0)
+        self.assertEqual(self.openAfter(3.9), 1)
+        self.assertEqual(self.openAfter(0.2), 0)
 
     def test_mostRecentFirst(self) -> None:
         """

@@ -127,6 +127,7 @@ class BackendProtocol(Protocol):
         self._body: Optional[IBodyProducer] = None
         self._writer: Optional[_BodyWriter] = None
         self._buffer = b""
+        self._heard = False
         self._method = b""
         self._persistent = True
         self._left: Optional[int] = None
@@ -178,6 +179,7 @@ class BackendProtocol(Protocol):
             self._quiescent(self)
             return fail(RequestNotSent())
         self.state = "BUSY"
+        self._heard = False
         self.requests_made += 1
         self._method = method
         self._persistent = persistent
@@ -247,7 +249,8 @@ class BackendProtocol(Protocol):
             self._close()
             return
         try:
-            if self._response is None or self._response.head is None:
+            self._heard = True
+            if self._response is None:
                 self._head_received(data)
             else:
                 self._body_received(data)
@@ -258,15 +261,11 @@ class BackendProtocol(Protocol):
         buffer = self._buffer + data if self._buffer else data
         while True:
             end = head_end(buffer)
-            if end < 0:
-                if len(buffer) > MAX_RESPONSE_HEAD:
-                    raise BadResponse(f"response head larger than {MAX_RESPONSE_HEAD} bytes")
-                self._buffer = buffer
-                if self._response is None:
-                    self._response = BackendResponse(self)
-                return
-            if end > MAX_RESPONSE_HEAD:
+            if (end if end >= 0 else len(buffer)) > MAX_RESPONSE_HEAD:
                 raise BadResponse(f"response head larger than {MAX_RESPONSE_HEAD} bytes")
+            if end < 0:
+                self._buffer = buffer
+                return
             head = parse_head(buffer[:end])
             buffer = buffer[end:]
             if head.code >= 200:
@@ -285,9 +284,7 @@ class BackendProtocol(Protocol):
         response.announced()
 
     def _start_body(self, head: Head) -> BackendResponse:
-        if self._response is None:
-            self._response = BackendResponse(self)
-        response = self._response
+        response = self._response = BackendResponse(self)
         self.idle_limit = head.idle_limit
         fields = head.fields
         if self._method == b"HEAD" or head.code in _NO_BODY_CODES:
@@ -333,7 +330,6 @@ class BackendProtocol(Protocol):
             return
         # The connection goes back to the pool before the response ends, so
         # that whatever its end sets off can use it again.
-        response.detach()
         self._response = None
         self._chunks = self._left = None
         if rest or self._body is not None or not (response.keep_alive and self._persistent):
@@ -360,7 +356,6 @@ class BackendProtocol(Protocol):
             if reason is not None:
                 self._fail(answer, reason)
         elif response is not None and not response.finished:
-            response.detach()
             response.finish(Failure(reason or CancelledError()))
 
     # What the response's body consumer asks for.
@@ -403,14 +398,14 @@ class BackendProtocol(Protocol):
         answer, self._answer = self._answer, None
         response, self._response = self._response, None
         if answer is not None:
-            if response is not None:
-                self._fail(answer, ResponseFailed([reason]))  # (part of a head came)
+            if self._heard:
+                self._fail(answer, ResponseFailed([reason]))  # (part of an answer came)
             elif sending:
                 self._fail(answer, RequestTransmissionFailed([reason]))
             else:
                 self._fail(answer, ResponseNeverReceived([reason]))
         elif response is not None and not response.finished:
-            if self._chunks is None and self._left is None:
+            if response.until_close:
                 response.finish(_CLOSED)  # ended by the close
             else:
                 response.finish(Failure(ResponseFailed([reason])))

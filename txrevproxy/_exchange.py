@@ -181,8 +181,7 @@ class Exchange:
         return self.current is d and not self.gone
 
     def _expire(self, d: Deferred[Any]) -> None:
-        self.watchdog.disarm()
-        self._stop_send_timer()
+        self._stop_timer()
         if self._waiting(d):
             self.timed_out = True
             d.cancel()
@@ -318,14 +317,12 @@ class Exchange:
     # Response.
 
     def _got_response(self, response: IResponse) -> None:
-        # (The relay, if any, moves the watchdog on to the body.)
-        self.watchdog.disarm()
-        self._stop_send_timer()
+        # (A relay, if one is needed, sets the watchdog again for the body.)
+        self._stop_timer()
         self.current = None
         self.pending = None
         self.proxy.health.succeeded(self.backend.name)
         if self.gone:
-            self._stop_timer()
             self._release()
             response.deliverBody(_Discard())
             return
@@ -335,13 +332,11 @@ class Exchange:
         if proxy.settings.x_sendfile:
             value = redirect_value(pairs)
             if value is not None:
-                self._stop_timer()
                 self._internal_redirect(response, value)
                 return
         if proxy.settings.vserver_errors and response.code >= 400:
             # The vserver's page replaces the backend's answer; the status
             # stays.  1xx-3xx answers (a redirect's Location) never do.
-            self._stop_timer()
             self._release()
             response.deliverBody(_Drain())
             self._error(response.code)
@@ -349,7 +344,8 @@ class Exchange:
         request.setResponseCode(response.code, response.phrase)
         headers = proxy.policy.reply_headers(pairs, proxy.server_tokens)
         if request.method == b"HEAD":
-            # Agent leaves a HEAD answer's Content-Length among the headers.
+            # (The client, like Agent, leaves a HEAD answer's Content-Length
+            # among its fields.)
             lengths = [v for n, v in pairs if n.lower() == b"content-length"]
             if lengths:
                 headers.append((b"Content-Length", lengths[-1]))
@@ -368,7 +364,6 @@ class Exchange:
         body = response.take_body() if isinstance(response, BackendResponse) else None
         if body is not None:
             # All of it came with the head: no relay, no producer, no timer.
-            self._stop_timer()
             self._release()
             if body:
                 request.write(body)

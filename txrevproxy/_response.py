@@ -93,6 +93,14 @@ class BackendResponse:
         self._announced = False
         self._held_pause = False
 
+    @property
+    def until_close(self) -> bool:
+        """
+        Whether the body ends when the backend closes the connection (it
+        has neither a length nor chunks).
+        """
+        return self.head is not None and not self.head.chunked and self.length is UNKNOWN_LENGTH
+
     def begin(
         self, head: Head, pairs: Sequence[tuple[bytes, bytes]], length: int | object, keep_alive: bool
     ) -> None:
@@ -179,13 +187,6 @@ class BackendResponse:
         self._end = None
         held, self._held = self._held, []
         return b"".join(held)
-
-    def detach(self) -> None:
-        """
-        The connection is done with this response (it may already carry
-        another): pausing or stopping the body no longer reaches it.
-        """
-        self.connection = None
 
     def finish(self, reason: Failure) -> None:
         """

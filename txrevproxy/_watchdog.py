@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_streams -*-
+# -*- test-case-name: tests.test_watchdog,tests.test_streams -*-
 """
 One timeout that follows an exchange through its phases.
 
@@ -66,10 +66,6 @@ class Watchdog:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-
-    @property
-    def watching(self) -> bool:
-        return self._action is not None
 
     def _fire(self) -> None:
         self._call = None
